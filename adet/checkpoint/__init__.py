@@ -1,0 +1,18 @@
+from .detection_checkpoint import (
+    CheckpointError,
+    DetectionCheckpointer,
+    atomic_save,
+    atomic_write_text,
+    read_checkpoint_file,
+)
+from .weight_files import WeightFileError, resolve_weight_path
+
+__all__ = [
+    "CheckpointError",
+    "DetectionCheckpointer",
+    "WeightFileError",
+    "atomic_save",
+    "atomic_write_text",
+    "read_checkpoint_file",
+    "resolve_weight_path",
+]

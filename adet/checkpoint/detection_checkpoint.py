@@ -1,0 +1,179 @@
+"""Load and save model checkpoints in detectron2's format: ``{"model": state_dict, ...}`` (or a bare state dict).
+
+Files are read with ``torch.load(weights_only=True)``: a checkpoint that would need arbitrary code to unpickle is
+refused, never run. Saving is atomic (temporary file, fsync, rename), so an interrupted save never leaves a
+half-written checkpoint behind, and ``last_checkpoint`` always names a complete file.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import tempfile
+from typing import Any
+
+import torch
+from torch import nn
+
+from .official_names import convert_official_state_dict
+from .report import compare_state_dicts
+from .weight_files import (
+    WeightFileError,
+    check_torchvision_compatible,
+    is_torchvision_resnet,
+    load_backbone_weights,
+    read_msra_pkl,
+    resolve_weight_path,
+    torchvision_to_detectron2,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class CheckpointError(WeightFileError):
+    """A checkpoint that cannot be loaded into the model; the message says which file and why."""
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def atomic_save(obj: Any, path: str) -> None:
+    """torch.save ``obj`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(text: str, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_checkpoint_file(path: str) -> dict[str, Any]:
+    """The checkpoint at ``path`` as a dict with a ``"model"`` state dict (a bare state dict is wrapped)."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        reason = str(e).strip().splitlines()
+        detail = next((line for line in reason if "Unsupported global" in line), reason[0] if reason else "")
+        raise CheckpointError(f"{path}: refused: it contains Python objects that would need arbitrary code to "
+                              f"unpickle ({detail.strip()}); only tensors and plain containers are loaded") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a dict, found a {type(data).__name__}")
+    if "model" not in data:
+        if not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise CheckpointError(f"{path}: neither a {{'model': state_dict}} checkpoint nor a bare state dict")
+        data = {"model": data}
+    if not isinstance(data["model"], dict):
+        raise CheckpointError(f"{path}: its 'model' entry is a {type(data['model']).__name__}, not a state dict")
+    return data
+
+
+class DetectionCheckpointer:
+    """Loads official and own checkpoints into a model; saves checkpoints (with optional extra objects, e.g.
+    ``optimizer=...``, whose ``state_dict()`` is stored and restored) into ``save_dir``."""
+
+    def __init__(self, model: nn.Module, save_dir: str = "", *, save_to_disk: bool = True,
+                 **checkpointables: Any):
+        self.model = model
+        self.save_dir = save_dir
+        self.save_to_disk = save_to_disk
+        self.checkpointables = checkpointables
+
+    # ---- loading ---------------------------------------------------------------------------------------------------
+    def load(self, path: str, checkpointables: list[str] | None = None, strict: bool = True) -> dict[str, Any]:
+        """Load ``path`` into the model (and the named checkpointables; all of them when None).
+
+        ``path`` may be an EmbedMask checkpoint (ours or official), a detectron2 MSRA ImageNet ``.pkl`` or a
+        torchvision ResNet ``.pth`` (these two initialise the backbone only), or a ``detectron2://`` URL of a file
+        in the local cache. With ``strict`` a full checkpoint must match the model exactly; otherwise mismatches
+        are reported and skipped. Returns the checkpoint's other entries (e.g. ``iteration``).
+        """
+        if not path:
+            logger.info("No MODEL.WEIGHTS given: the model keeps its random initialisation")
+            return {}
+        model = _unwrap(self.model)
+        local = resolve_weight_path(path)
+        if local.endswith(".pkl"):
+            report = load_backbone_weights(model, read_msra_pkl(local), path)
+            logger.info("Initialised the backbone from the MSRA ImageNet weights %s\n%s", path, report.summary())
+            return {}
+        data = read_checkpoint_file(local)
+        if is_torchvision_resnet(data["model"]):
+            check_torchvision_compatible(model, path)
+            report = load_backbone_weights(model, torchvision_to_detectron2(data["model"]), path)
+            logger.info("Initialised the backbone from the torchvision ResNet %s\n%s", path, report.summary())
+            return {}
+        state_dict = convert_official_state_dict(data.pop("model"))
+        report = compare_state_dicts(state_dict, model.state_dict())
+        if not report.ok:
+            if strict:
+                raise CheckpointError(f"{path} does not match the model:\n{report.summary()}")
+            logger.warning("%s does not fully match the model; loading what matches:\n%s", path, report.summary())
+        model.load_state_dict(report.loadable(state_dict), strict=False)
+        logger.info("Loaded %d tensors from %s", len(report.loaded), path)
+        if "class_names" in data and hasattr(model, "class_names"):
+            model.class_names = list(data["class_names"])
+        for name in self.checkpointables if checkpointables is None else checkpointables:
+            if name in data and name in self.checkpointables:
+                self.checkpointables[name].load_state_dict(data.pop(name))
+        return data
+
+    # ---- saving ----------------------------------------------------------------------------------------------------
+    def save(self, name: str, **extra: Any) -> str | None:
+        """Write ``save_dir/name.pth`` atomically with the model, checkpointables and ``extra``, and point
+        ``last_checkpoint`` at it. Returns the path (None when this process does not save)."""
+        if not self.save_dir or not self.save_to_disk:
+            return None
+        model = _unwrap(self.model)
+        data: dict[str, Any] = {"model": model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        if getattr(model, "class_names", None) is not None and "class_names" not in extra:
+            extra["class_names"] = list(model.class_names)
+        data.update(extra)
+        path = os.path.join(self.save_dir, f"{name}.pth")
+        atomic_save(data, path)
+        atomic_write_text(os.path.basename(path), os.path.join(self.save_dir, "last_checkpoint"))
+        logger.info("Saved checkpoint %s", path)
+        return path
+
+    def get_checkpoint_file(self) -> str | None:
+        """The file ``last_checkpoint`` names, if it exists."""
+        marker = os.path.join(self.save_dir, "last_checkpoint")
+        if not os.path.isfile(marker):
+            return None
+        with open(marker) as f:
+            path = os.path.join(self.save_dir, f.read().strip())
+        return path if os.path.isfile(path) else None
+
+    def has_checkpoint(self) -> bool:
+        return self.get_checkpoint_file() is not None
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict[str, Any]:
+        """With ``resume`` and a checkpoint in ``save_dir``, restore everything from it; else load ``path`` into the
+        model only, leniently (fine-tuning to other classes skips the class-specific layers with a warning)."""
+        if resume and self.has_checkpoint():
+            return self.load(self.get_checkpoint_file())
+        return self.load(path, checkpointables=[], strict=False)

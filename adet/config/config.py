@@ -1,0 +1,120 @@
+"""The config node: fvcore's CfgNode (YAML, ``_BASE_`` inheritance, ``KEY VALUE`` overrides) with errors a user can act
+on: a bad key or value names the file and the key, and an unknown key comes with the closest valid one."""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from typing import Any, Iterator
+
+import yaml
+from fvcore.common.config import CfgNode as _FvcoreCfgNode
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be applied. The message is one line naming the source and the key."""
+
+
+def _full_keys(node: CfgNode, prefix: str = "") -> Iterator[str]:
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, _FvcoreCfgNode):
+            yield from _full_keys(value, full + ".")
+        else:
+            yield full
+
+
+def closest_key(root: CfgNode, full_key: str) -> str | None:
+    """The valid key that most resembles ``full_key`` (a typo, or the right leaf under the wrong parent)."""
+    keys = list(_full_keys(root))
+    match = difflib.get_close_matches(full_key, keys, n=1, cutoff=0.6)
+    if match:
+        return match[0]
+    leaf = full_key.rsplit(".", 1)[-1]
+    by_leaf = {k.rsplit(".", 1)[-1]: k for k in keys}
+    match = difflib.get_close_matches(leaf, list(by_leaf), n=1, cutoff=0.75)
+    return by_leaf[match[0]] if match else None
+
+
+def _unknown_key_error(root: CfgNode, full_key: str, source: str) -> ConfigError:
+    hint = closest_key(root, full_key)
+    suggestion = f" (did you mean '{hint}'?)" if hint else ""
+    return ConfigError(f"{source}: unknown config key '{full_key}'{suggestion}")
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a bool", int: "an int", float: "a float", str: "a string", list: "a list",
+            tuple: "a list", type(None): "None"}.get(type(value), type(value).__name__)
+
+
+def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
+    """Check ``value`` against the type of ``default`` with yacs' rules, plus int -> float."""
+    if default is None or value is None or type(value) is type(default):
+        return value
+    if isinstance(default, float) and type(value) is int:
+        return float(value)
+    if isinstance(default, (list, tuple)) and isinstance(value, (list, tuple)):
+        return type(default)(value)
+    raise ConfigError(f"{source}: {full_key} expects {_type_name(default)} (default {default!r}), got {value!r}")
+
+
+class CfgNode(_FvcoreCfgNode):
+    """detectron2-style config node. Use :func:`adet.config.get_cfg` to get one holding every default."""
+
+    def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        if not os.path.isfile(cfg_filename):
+            raise ConfigError(f"{cfg_filename}: no such config file")
+        try:
+            loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{cfg_filename}: its _BASE_ file {e.filename} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{cfg_filename}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if loaded is None:
+            return
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{cfg_filename}: expected a mapping of config keys at the top level")
+        self._merge_dict(loaded, self, "", cfg_filename)
+
+    def merge_from_other_cfg(self, cfg_other: _FvcoreCfgNode) -> None:
+        self._merge_dict(cfg_other, self, "", "config")
+
+    def merge_from_list(self, cfg_list: list) -> None:
+        """Apply ``["KEY", value, "KEY", value, ...]`` overrides, e.g. trailing command-line arguments."""
+        if len(cfg_list) % 2 != 0:
+            raise ConfigError(f"command line: overrides must be KEY VALUE pairs, got an odd count: {list(cfg_list)}")
+        for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
+            node, leaf = self, full_key
+            parts = full_key.split(".")
+            for part in parts[:-1]:
+                if part not in node or not isinstance(node[part], _FvcoreCfgNode):
+                    raise _unknown_key_error(self, full_key, "command line")
+                node = node[part]
+            leaf = parts[-1]
+            if leaf not in node or isinstance(node[leaf], _FvcoreCfgNode):
+                raise _unknown_key_error(self, full_key, "command line")
+            node[leaf] = _coerce(self._decode_cfg_value(raw), node[leaf], full_key, "command line")
+
+    def _merge_dict(self, new: dict, into: _FvcoreCfgNode, prefix: str, source: str) -> None:
+        for key, raw in new.items():
+            full_key = prefix + key
+            if key not in into:
+                if into.is_new_allowed():
+                    into[key] = self._decode_cfg_value(copy.deepcopy(raw))
+                    continue
+                raise _unknown_key_error(self, full_key, source)
+            if isinstance(into[key], _FvcoreCfgNode):
+                if not isinstance(raw, dict):
+                    raise ConfigError(f"{source}: {full_key} is a group of keys, got the value {raw!r}")
+                self._merge_dict(raw, into[key], full_key + ".", source)
+            else:
+                value = self._decode_cfg_value(copy.deepcopy(raw))
+                into[key] = _coerce(value, into[key], full_key, source)
+
+
+def get_cfg() -> CfgNode:
+    """A fresh copy of the default config (every key EmbedMask and the official configs use)."""
+    from .defaults import _C
+
+    return _C.clone()

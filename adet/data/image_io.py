@@ -1,0 +1,42 @@
+"""Reading images the way detectron2 does: PIL decode, EXIF orientation applied, converted to BGR (or RGB) uint8."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+
+class ImageReadError(OSError):
+    """An image file that cannot be decoded; the message names the file."""
+
+
+def read_image(path: str, format: str = "BGR") -> np.ndarray:
+    """(H, W, 3) uint8 in ``format`` ("BGR" or "RGB"); grayscale and palette images are converted to colour and an
+    alpha channel is dropped."""
+    if format not in ("BGR", "RGB"):
+        raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got '{format}'")
+    try:
+        with Image.open(path) as image:
+            image = ImageOps.exif_transpose(image)
+            array = np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ImageReadError(f"{path}: no such file") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise ImageReadError(f"{path}: not a readable image ({e})") from None
+    return np.ascontiguousarray(array[:, :, ::-1]) if format == "BGR" else array
+
+
+def as_color_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
+    """Accept (H, W) gray, (H, W, 1), (H, W, 3) or (H, W, 4) uint8 and return (H, W, 3); anything else is an error
+    naming what was passed."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array (H, W, 3) uint8, got {type(image).__name__}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"{name} must be uint8 (0..255), got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or min(image.shape[:2]) == 0:
+        raise ValueError(f"{name} must have shape (H, W, 3), got {image.shape}")
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])

@@ -1,0 +1,3 @@
+from .predictor import DefaultPredictor
+
+__all__ = ["DefaultPredictor"]
