@@ -16,8 +16,9 @@ class DefaultPredictor:
     """Build the model from ``cfg``, load ``cfg.MODEL.WEIGHTS`` and run it on single images.
 
     ``predictor(image)`` takes an (H, W, 3) uint8 BGR array, as ``cv2.imread`` gives (gray and BGRA arrays are
-    accepted too; with ``INPUT.FORMAT`` "RGB" the model is fed RGB), and returns ``{"instances": Instances}`` in original-image pixels with
-    ``pred_boxes`` (Boxes, XYXY), ``scores`` (N,), ``pred_classes`` (N,) and ``pred_masks`` (N, H, W).
+    accepted too; with ``INPUT.FORMAT`` "RGB" the model is fed RGB), and returns ``{"instances": Instances}`` in
+    original-image pixels with ``pred_boxes`` (Boxes, XYXY), ``scores`` (N,), ``pred_classes`` (N,) and
+    ``pred_masks`` (N, H, W).
     """
 
     def __init__(self, cfg):

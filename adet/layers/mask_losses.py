@@ -1,4 +1,4 @@
-"""Mask losses on coupling probabilities: the binary Lovasz hinge (Berman et al., 2018), batched over instances, and Dice."""
+"""Mask losses on coupling probabilities: the binary Lovasz hinge (Berman et al., 2018), batched, and Dice."""
 
 from __future__ import annotations
 

@@ -102,7 +102,8 @@ def build_fcos_resnet_fpn_backbone(cfg) -> FPN:
     )
     missing = [f for f in in_features if f not in bottom_up.out_features]
     if missing:
-        raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not in MODEL.RESNETS.OUT_FEATURES {bottom_up.out_features}")
+        raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not in MODEL.RESNETS.OUT_FEATURES "
+                         f"{bottom_up.out_features}")
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top_block = LastLevelP6P7(out_channels, out_channels) if cfg.MODEL.FCOS.TOP_LEVELS == 2 else None
     return FPN(bottom_up, in_features, out_channels, top_block)

@@ -1,0 +1,124 @@
+"""What every command-line tool shares: detectron2's argument parser, config setup, logging and error reporting."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+import torch
+
+from adet.checkpoint import WeightFileError
+from adet.config import ConfigError, get_cfg
+from adet.data import DatasetError, ImageReadError, MetadataCatalog, coco_class_names, register_coco_instances
+from adet.data.catalog import DatasetCatalog
+from adet.utils import comm
+
+from .launch import LaunchError
+
+# Errors caused by the user's input: reported as one line, never as a traceback.
+USER_ERRORS = (ConfigError, DatasetError, WeightFileError, ImageReadError, LaunchError, FileNotFoundError)
+
+
+def default_argument_parser(description: str = "EmbedMask training and evaluation") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog="Trailing KEY VALUE pairs override config keys, e.g. "
+                                            "SOLVER.IMS_PER_BATCH 2 MODEL.WEIGHTS models/x.pth")
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint in OUTPUT_DIR (model, optimizer, schedule, data order)")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS on DATASETS.TEST")
+    parser.add_argument("--num-gpus", type=int, default=1, help="processes per machine (one per GPU; CPU processes "
+                                                                "with MODEL.DEVICE cpu)")
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (0 .. machines-1)")
+    parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGES/",
+                        help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return parser
+
+
+def register_datasets_from_args(specs: list[str]) -> list[str]:
+    """Register ``NAME=ANNOTATIONS.json:IMAGES/`` datasets (class names come from the json); returns the names."""
+    names = []
+    for spec in specs:
+        name, sep, paths = spec.partition("=")
+        json_file, sep2, image_root = paths.rpartition(":")
+        if not (sep and sep2 and name and json_file and image_root):
+            raise DatasetError(f"--dataset {spec}: expected NAME=ANNOTATIONS.json:IMAGES_FOLDER")
+        if not os.path.isfile(json_file):
+            raise DatasetError(f"--dataset {name}: annotation file {json_file} does not exist")
+        if not os.path.isdir(image_root):
+            raise DatasetError(f"--dataset {name}: image folder {image_root} does not exist")
+        if name in DatasetCatalog:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {"thing_classes": coco_class_names(json_file)}, json_file, image_root)
+        names.append(name)
+    return names
+
+
+def setup_cfg(args: argparse.Namespace, freeze: bool = True):
+    """Config from ``--config-file`` and the trailing overrides."""
+    cfg = get_cfg()
+    if args.config_file:
+        cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(list(args.opts))
+    if freeze:
+        cfg.freeze()
+    return cfg
+
+
+def setup_logger(output_dir: str | None = None, rank: int = 0, name: str = "adet") -> logging.Logger:
+    """INFO to the console on rank 0, everything to ``output_dir/log.txt`` (``log.txt.rank{r}`` on other ranks)."""
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+    formatter = logging.Formatter("[%(asctime)s %(name)s]: %(message)s", datefmt="%m/%d %H:%M:%S")
+    if rank == 0:
+        console = logging.StreamHandler(sys.stdout)
+        console.setLevel(logging.INFO)
+        console.setFormatter(formatter)
+        logger.addHandler(console)
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        path = os.path.join(output_dir, "log.txt" if rank == 0 else f"log.txt.rank{rank}")
+        file_handler = logging.FileHandler(path)
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(formatter)
+        logger.addHandler(file_handler)
+    return logger
+
+
+def default_setup(cfg, args: argparse.Namespace) -> None:
+    """Create OUTPUT_DIR, set up logging, save the config there, seed the RNGs and set the thread count."""
+    rank = comm.get_rank()
+    if rank == 0 and cfg.OUTPUT_DIR:
+        os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    logger = setup_logger(cfg.OUTPUT_DIR, rank)
+    logger.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))
+    logger.info("torch %s, CUDA available: %s", torch.__version__, torch.cuda.is_available())
+    if rank == 0 and cfg.OUTPUT_DIR:
+        path = os.path.join(cfg.OUTPUT_DIR, "config.yaml")
+        with open(path, "w") as f:
+            f.write(cfg.dump())
+        logger.info("Full config saved to %s", path)
+    if cfg.SEED >= 0:
+        torch.manual_seed(cfg.SEED + rank)
+
+
+def run_cli(main, argv: list[str] | None = None) -> int:
+    """Call ``main()`` turning user errors into one line on stderr and exit code 2; Ctrl-C exits with 130."""
+    try:
+        main(argv)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,170 @@
+"""COCO box and mask AP with pycocotools, from model outputs gathered over all processes."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+from typing import Any
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from adet.data.catalog import DatasetCatalog, MetadataCatalog
+from adet.data.coco import BoxMode
+from adet.structures import Instances
+from adet.utils.comm import all_gather, is_main_process, synchronize
+
+logger = logging.getLogger(__name__)
+
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def instances_to_coco_json(instances: Instances, image_id: int) -> list[dict]:
+    """One image's detections as COCO results: XYWH boxes (w = x2 - x1), scores, contiguous class ids (mapped back
+    to dataset ids later), and RLE masks."""
+    if len(instances) == 0:
+        return []
+    boxes = instances.pred_boxes.tensor.numpy().astype(np.float64)
+    boxes[:, 2:] -= boxes[:, :2]
+    scores = instances.scores.tolist()
+    classes = instances.pred_classes.tolist()
+    rles = None
+    if instances.has("pred_masks"):
+        masks = instances.pred_masks.numpy().astype(np.uint8)
+        rles = [mask_util.encode(np.asfortranarray(m[:, :, None]))[0] for m in masks]
+        for rle in rles:
+            rle["counts"] = rle["counts"].decode("utf-8")
+    results = []
+    for k in range(len(instances)):
+        result = {"image_id": image_id, "category_id": classes[k], "bbox": boxes[k].tolist(), "score": scores[k]}
+        if rles is not None:
+            result["segmentation"] = rles[k]
+        results.append(result)
+    return results
+
+
+def dataset_to_coco_dict(dataset_name: str) -> dict:
+    """A COCO ground-truth dict built from a registered dataset's dicts (for datasets registered without a json)."""
+    meta = MetadataCatalog.get(dataset_name)
+    to_dataset_id = {v: k for k, v in meta.get("thing_dataset_id_to_contiguous_id", {}).items()}
+    classes = meta.get("thing_classes") or []
+    images, annotations = [], []
+    for record in DatasetCatalog.get(dataset_name):
+        images.append({"id": record["image_id"], "width": record["width"], "height": record["height"],
+                       "file_name": record["file_name"]})
+        for obj in record.get("annotations", []):
+            x, y, w, h = obj["bbox"]
+            if obj.get("bbox_mode", BoxMode.XYWH_ABS) == BoxMode.XYXY_ABS:
+                w, h = w - x, h - y
+            ann = {"id": len(annotations) + 1, "image_id": record["image_id"], "bbox": [x, y, w, h],
+                   "category_id": to_dataset_id.get(obj["category_id"], obj["category_id"]),
+                   "iscrowd": obj.get("iscrowd", 0), "area": float(w * h)}
+            if "segmentation" in obj:
+                ann["segmentation"] = obj["segmentation"]
+                rle = mask_util.frPyObjects(obj["segmentation"], record["height"], record["width"])
+                rle = mask_util.merge(rle) if isinstance(rle, list) else rle
+                ann["area"] = float(mask_util.area(rle))
+            annotations.append(ann)
+    categories = [{"id": to_dataset_id.get(i, i), "name": name} for i, name in enumerate(classes)]
+    return {"images": images, "annotations": annotations, "categories": categories}
+
+
+class COCOEvaluator:
+    """Collects predictions with :meth:`process`, then :meth:`evaluate` writes ``coco_instances_results.json`` to
+    ``output_dir`` and returns ``{"bbox": {"AP": ..., "AP50": ..., "AP-<class>": ...}, "segm": {...}}`` in percent
+    (on the main process; other processes get {})."""
+
+    def __init__(self, dataset_name: str, tasks: tuple[str, ...] | None = None, distributed: bool = True,
+                 output_dir: str | None = None):
+        self.dataset_name = dataset_name
+        self.distributed = distributed
+        self.output_dir = output_dir
+        self.metadata = MetadataCatalog.get(dataset_name)
+        json_file = self.metadata.get("json_file")
+        with contextlib.redirect_stdout(io.StringIO()):
+            if json_file is None or not os.path.isfile(json_file):
+                self.coco_gt = COCO()
+                self.coco_gt.dataset = dataset_to_coco_dict(dataset_name)
+                self.coco_gt.createIndex()
+            else:
+                self.coco_gt = COCO(json_file)
+        self.tasks = tasks
+        self.coco_evals: dict[str, COCOeval] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self._predictions: list[dict] = []
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for inputs_i, outputs_i in zip(inputs, outputs):
+            instances = outputs_i["instances"].to("cpu")
+            self._predictions.extend(instances_to_coco_json(instances, inputs_i["image_id"]))
+            if self.tasks is None:
+                self.tasks = ("bbox", "segm") if instances.has("pred_masks") else ("bbox",)
+
+    def evaluate(self) -> dict[str, dict[str, float]]:
+        predictions = self._predictions
+        tasks = self.tasks or ("bbox", "segm")
+        if self.distributed:
+            synchronize()
+            gathered = all_gather((predictions, tasks))
+            predictions = [p for part, _ in gathered for p in part]
+            tasks = next((t for _, t in gathered if t), tasks)
+            if not is_main_process():
+                return {}
+        to_dataset_id = {v: k for k, v in self.metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
+        for p in predictions:
+            p["category_id"] = to_dataset_id.get(p["category_id"], p["category_id"])
+        if self.output_dir:
+            os.makedirs(self.output_dir, exist_ok=True)
+            path = os.path.join(self.output_dir, "coco_instances_results.json")
+            with open(path, "w") as f:
+                json.dump(predictions, f)
+            logger.info("Wrote %d detections to %s", len(predictions), path)
+        return {task: self._evaluate_task(predictions, task) for task in tasks}
+
+    def _evaluate_task(self, predictions: list[dict], task: str) -> dict[str, float]:
+        class_names = self.metadata.get("thing_classes") or [c["name"] for c in self.coco_gt.loadCats(
+            sorted(self.coco_gt.getCatIds()))]
+        if not predictions:
+            logger.warning("No detections on %s: %s AP is 0", self.dataset_name, task)
+            return {m: 0.0 for m in METRICS} | {f"AP-{name}": 0.0 for name in class_names}
+        if task == "bbox":
+            # Box AP must not use the mask area for small/medium/large: drop segmentations (as detectron2 does).
+            predictions = [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
+        with contextlib.redirect_stdout(io.StringIO()) as printed:
+            coco_dt = self.coco_gt.loadRes(predictions)
+            coco_eval = COCOeval(self.coco_gt, coco_dt, task)
+            coco_eval.evaluate()
+            coco_eval.accumulate()
+            coco_eval.summarize()
+        logger.info("COCO %s evaluation on %s:\n%s", task, self.dataset_name, printed.getvalue().rstrip())
+        self.coco_evals[task] = coco_eval
+        results = {m: float(coco_eval.stats[i] * 100 if coco_eval.stats[i] >= 0 else "nan")
+                   for i, m in enumerate(METRICS)}
+        results.update(per_category_ap(coco_eval, class_names))
+        logger.info("Per-category %s AP:\n%s", task, format_per_category(results))
+        return results
+
+
+def per_category_ap(coco_eval: COCOeval, class_names: list[str]) -> dict[str, float]:
+    """AP (IoU 0.50:0.95, all areas, 100 detections) per category, in percent; nan for absent categories."""
+    precision = coco_eval.eval["precision"]  # (T IoUs, R recalls, K classes, A areas, M max dets)
+    results = {}
+    for k, cat_id in enumerate(coco_eval.params.catIds):
+        values = precision[:, :, k, 0, -1]
+        values = values[values > -1]
+        name = class_names[k] if k < len(class_names) else str(cat_id)
+        results[f"AP-{name}"] = float(np.mean(values) * 100) if values.size else float("nan")
+    return results
+
+
+def format_per_category(results: dict[str, Any], columns: int = 3) -> str:
+    cells = [f"{k[3:]:<16} {v:6.2f}" for k, v in results.items() if k.startswith("AP-")]
+    rows = [" | ".join(cells[i:i + columns]) for i in range(0, len(cells), columns)]
+    return "\n".join(rows)

@@ -1,0 +1,58 @@
+"""Run a model over a data loader and feed an evaluator, with progress and an ETA."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+import torch
+
+from adet.utils.comm import get_world_size, is_main_process
+
+logger = logging.getLogger(__name__)
+
+
+def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict:
+    """Evaluate ``model`` (put in eval mode) on every batch of ``data_loader``; returns ``evaluator.evaluate()``.
+
+    Progress is a tqdm bar on a terminal and a log line every ~10 s otherwise (main process only).
+    """
+    total = len(data_loader)
+    logger.info("Start inference on %d batches (%d processes)", total, get_world_size())
+    evaluator.reset()
+    show_bar = sys.stderr.isatty() and is_main_process()
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="inference", unit="img", dynamic_ncols=True)
+    was_training = model.training
+    model.eval()
+    start = last_log = time.perf_counter()
+    compute_time = 0.0
+    try:
+        with torch.inference_mode():
+            for index, inputs in enumerate(data_loader):
+                tic = time.perf_counter()
+                outputs = model(inputs)
+                compute_time += time.perf_counter() - tic
+                evaluator.process(inputs, outputs)
+                done = index + 1
+                if bar is not None:
+                    bar.update(1)
+                elif is_main_process() and (time.perf_counter() - last_log > 10 or done == total):
+                    elapsed = time.perf_counter() - start
+                    eta = elapsed / done * (total - done)
+                    logger.info("Inference done %d/%d. %.3f s / img (model %.3f s). ETA=%s", done, total,
+                                elapsed / done, compute_time / done, time.strftime("%H:%M:%S", time.gmtime(eta)))
+                    last_log = time.perf_counter()
+    finally:
+        if bar is not None:
+            bar.close()
+        model.train(was_training)
+    elapsed = time.perf_counter() - start
+    logger.info("Total inference time: %.1f s (%.3f s / img per process; model %.3f s / img)", elapsed,
+                elapsed / max(total, 1), compute_time / max(total, 1))
+    results = evaluator.evaluate()
+    return results if results is not None else {}
