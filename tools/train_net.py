@@ -43,14 +43,14 @@ def main(args):
     return train(cfg, resume=args.resume)
 
 
-def cli(argv: list[str] | None = None) -> None:
+def cli(argv: list[str] | None = None):
     args = default_argument_parser().parse_args(argv)
     # Check the config and datasets in this process first, so mistakes fail before workers start.
     register_datasets_from_args(args.dataset)
     cfg = setup_cfg(args)
     check_devices(args.num_gpus, cfg.MODEL.DEVICE)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,), use_cuda=cfg.MODEL.DEVICE.startswith("cuda"))
+    return launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+                  dist_url=args.dist_url, args=(args,), use_cuda=cfg.MODEL.DEVICE.startswith("cuda"))
 
 
 if __name__ == "__main__":

@@ -48,7 +48,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
             # Pickles written with numpy 1.x name numpy.core, which numpy 2 renamed to numpy._core.
             module = module.replace("numpy.core", "numpy._core") if np.__version__ >= "2" else module
             return super().find_class(module, name)
-        if (module, name) == ("collections", "OrderedDict"):
+        # Protocol-2 pickles written by Python 3 encode raw bytes with _codecs.encode: harmless.
+        if (module, name) in (("collections", "OrderedDict"), ("_codecs", "encode")):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"global '{module}.{name}' is not allowed (only numpy arrays are)")
 
@@ -116,10 +117,11 @@ def torchvision_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict[str, 
 
 
 def check_torchvision_compatible(model: nn.Module, source: str) -> None:
-    """torchvision ResNets stride in the 3x3 conv; a model built with STRIDE_IN_1X1 would silently differ."""
+    """torchvision bottlenecks stride in the 3x3 conv; a model built with STRIDE_IN_1X1 would silently differ."""
+    from adet.modeling.backbone.resnet import BottleneckBlock
+
     first_block = model.backbone.bottom_up.res3[0]
-    if getattr(first_block, "conv2", None) is not None and first_block.conv1.stride == (2, 2) and hasattr(
-            first_block, "conv3"):
+    if isinstance(first_block, BottleneckBlock) and first_block.conv1.stride == (2, 2):
         raise WeightFileError(f"{source} is a torchvision ResNet, which strides in the 3x3 conv: set "
                               "MODEL.RESNETS.STRIDE_IN_1X1 False (and MODEL.PIXEL_STD to [57.375, 57.12, 58.395])")
 

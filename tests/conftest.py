@@ -1,0 +1,92 @@
+"""Shared fixtures: a tiny EmbedMask config that runs in milliseconds on a CPU, and small synthetic images."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures")
+REFERENCE = os.path.join(FIXTURES, "reference")
+sys.path.insert(0, ROOT)
+
+from adet.config import get_cfg  # noqa: E402
+
+TINY_OVERRIDES = [
+    "MODEL.DEVICE", "cpu",
+    "MODEL.RESNETS.DEPTH", 18,
+    "MODEL.FPN.OUT_CHANNELS", 64,
+    "MODEL.FCOS.NUM_CLASSES", 3,
+    "MODEL.EMBEDMASK.MASK_BRANCH.CHANNELS", 32,
+    "MODEL.EMBEDMASK.MASK_BRANCH.OUT_CHANNELS", 32,
+    "INPUT.MIN_SIZE_TRAIN", (96,),
+    "INPUT.MAX_SIZE_TRAIN", 160,
+    "INPUT.MIN_SIZE_TEST", 96,
+    "INPUT.MAX_SIZE_TEST", 160,
+    "DATALOADER.NUM_WORKERS", 0,
+]
+
+
+def make_tiny_cfg(*overrides):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(ROOT, "configs", "EmbedMask", "Base-EmbedMask.yaml"))
+    cfg.merge_from_list(TINY_OVERRIDES + list(overrides))
+    return cfg
+
+
+@pytest.fixture
+def tiny_cfg():
+    return make_tiny_cfg()
+
+
+@pytest.fixture
+def tiny_model(tiny_cfg):
+    from adet.modeling import build_model
+
+    torch.manual_seed(0)
+    return build_model(tiny_cfg)
+
+
+def shapes_image(height: int = 96, width: int = 128, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
+    """A BGR uint8 image with a filled rectangle and a filled triangle, and their polygons."""
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 40, size=(height, width, 3), dtype=np.uint8)
+    rect = np.array([10, 10, 50, 10, 50, 60, 10, 60], dtype=np.float64)
+    tri = np.array([70, 20, 120, 80, 60, 85], dtype=np.float64)
+    import cv2
+
+    cv2.fillPoly(image, [rect.reshape(-1, 2).astype(np.int32)], (0, 0, 220))
+    cv2.fillPoly(image, [tri.reshape(-1, 2).astype(np.int32)], (220, 200, 0))
+    return image, [rect, tri]
+
+
+def load_tool(relative_path: str):
+    """Import a script (tools/train_net.py, demo/demo.py) as a module."""
+    import importlib.util
+
+    name = os.path.splitext(os.path.basename(relative_path))[0]
+    folder = os.path.dirname(os.path.join(ROOT, relative_path))
+    if folder not in sys.path:
+        sys.path.insert(0, folder)  # spawned workers import the script's module by name
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_logging():
+    """CLI entry points configure the 'adet' logger (no propagation); undo that so caplog sees later tests."""
+    import logging
+
+    yield
+    logger = logging.getLogger("adet")
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    logger.propagate = True

@@ -1,0 +1,104 @@
+import os
+
+import pytest
+import yaml
+
+from adet.config import ConfigError, get_cfg
+
+from .conftest import FIXTURES, ROOT
+
+CONFIGS = os.path.join(ROOT, "configs", "EmbedMask")
+
+
+@pytest.mark.parametrize("name,depth,max_iter,steps", [
+    ("MS_R_50_1x", 50, 90000, (60000, 80000)),
+    ("MS_R_50_3x", 50, 270000, (210000, 250000)),
+    ("MS_R_101_3x", 101, 270000, (210000, 250000)),
+])
+def test_official_configs_resolve_to_the_official_values(name, depth, max_iter, steps):
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, f"{name}.yaml"))
+    assert cfg.MODEL.META_ARCHITECTURE == "EmbedMask"
+    assert cfg.MODEL.RESNETS.DEPTH == depth
+    assert cfg.SOLVER.MAX_ITER == max_iter and tuple(cfg.SOLVER.STEPS) == steps
+    assert tuple(cfg.INPUT.MIN_SIZE_TRAIN) == (640, 672, 704, 736, 768, 800)
+    assert cfg.MODEL.FCOS.THRESH_WITH_CTR is True
+    assert cfg.MODEL.EMBEDMASK.MAX_PROPOSALS == 500
+    assert cfg.MODEL.EMBEDMASK.PROPOSAL_HEAD == "Conv1_Conv3"
+    assert cfg.MODEL.EMBEDMASK.MASK_BRANCH.SEMANTIC_LOSS_ON is True
+    assert cfg.OUTPUT_DIR == f"output/embedmask_{name}"
+
+
+def test_resolved_official_config_matches_ours_and_loads():
+    """The official run's fully resolved config: every key exists here with the same value."""
+    with open(os.path.join(FIXTURES, "config_R_50.yaml")) as f:
+        official = yaml.safe_load(f)
+    cfg = get_cfg()
+    cfg.merge_from_file(os.path.join(CONFIGS, "MS_R_50_1x.yaml"))
+    ours = yaml.safe_load(cfg.dump())
+    differences = []
+
+    def compare(a, b, prefix=""):
+        for key in set(a) | set(b):
+            if key not in a or key not in b:
+                differences.append(prefix + key)
+            elif isinstance(a[key], dict):
+                compare(a[key], b[key], prefix + key + ".")
+            elif a[key] != b[key]:
+                differences.append(prefix + key)
+
+    compare(ours, official)
+    assert sorted(differences) == ["MODEL.DEVICE", "MODEL.WEIGHTS"]  # the official run set these two
+    loaded = get_cfg()
+    loaded.merge_from_file(os.path.join(FIXTURES, "config_R_50.yaml"))
+    assert loaded.MODEL.DEVICE == "cpu" and loaded.SOLVER.WEIGHT_DECAY_BIAS is None
+
+
+def test_unknown_key_in_file_names_file_key_and_suggestion(tmp_path):
+    path = tmp_path / "bad.yaml"
+    base = os.path.join(CONFIGS, "Base-EmbedMask.yaml")
+    path.write_text(f"_BASE_: {base}\nMODEL:\n  EMBEDMASK:\n    MAX_PROPOSAL: 3\n")
+    with pytest.raises(ConfigError) as err:
+        get_cfg().merge_from_file(str(path))
+    message = str(err.value)
+    assert str(path) in message and "'MODEL.EMBEDMASK.MAX_PROPOSAL'" in message
+    assert "did you mean 'MODEL.EMBEDMASK.MAX_PROPOSALS'" in message
+    assert "\n" not in message
+
+
+def test_overrides_are_typed_and_checked():
+    cfg = get_cfg()
+    cfg.merge_from_list(["SOLVER.BASE_LR", "1", "SOLVER.STEPS", "(10, 20)", "MODEL.WEIGHTS", "models/x.pth"])
+    assert cfg.SOLVER.BASE_LR == 1.0 and isinstance(cfg.SOLVER.BASE_LR, float)
+    assert tuple(cfg.SOLVER.STEPS) == (10, 20) and cfg.MODEL.WEIGHTS == "models/x.pth"
+    with pytest.raises(ConfigError, match="did you mean 'SOLVER.BASE_LR'"):
+        cfg.merge_from_list(["SOLVER.BASE_LRR", "0.1"])
+    with pytest.raises(ConfigError, match="SOLVER.MAX_ITER expects an int"):
+        cfg.merge_from_list(["SOLVER.MAX_ITER", "many"])
+    with pytest.raises(ConfigError, match="odd"):
+        cfg.merge_from_list(["SOLVER.MAX_ITER"])
+    with pytest.raises(ConfigError, match="unknown config key 'MODEL'"):
+        cfg.merge_from_list(["MODEL", "1"])
+
+
+def test_missing_config_and_missing_base(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        get_cfg().merge_from_file(str(tmp_path / "nope.yaml"))
+    path = tmp_path / "child.yaml"
+    path.write_text('_BASE_: "missing-base.yaml"\n')
+    with pytest.raises(ConfigError, match="missing-base.yaml does not exist"):
+        get_cfg().merge_from_file(str(path))
+    bad = tmp_path / "broken.yaml"
+    bad.write_text("MODEL: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        get_cfg().merge_from_file(str(bad))
+
+
+def test_defaults_are_detectron2_and_adelaidet_defaults():
+    cfg = get_cfg()
+    assert cfg.MODEL.PIXEL_MEAN == [103.530, 116.280, 123.675] and cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]
+    assert cfg.MODEL.EMBEDMASK.PROPOSAL_HEAD == "Conv3" and cfg.MODEL.EMBEDMASK.MAX_PROPOSALS == -1
+    assert cfg.MODEL.FCOS.THRESH_WITH_CTR is False and cfg.INPUT.MAX_SIZE_TEST == 1333
+    # get_cfg returns independent copies
+    cfg.SOLVER.BASE_LR = 5.0
+    assert get_cfg().SOLVER.BASE_LR == 0.001

@@ -1,0 +1,126 @@
+"""COCO evaluation: the project's AP equals pycocotools' on the written results; eval-only CLI, 1 and 2 processes."""
+
+import contextlib
+import io
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from adet.engine import DefaultPredictor
+from adet.engine.defaults import run_cli
+from adet.modeling import build_model
+
+from .conftest import ROOT, load_tool, make_tiny_cfg, shapes_image
+
+CATEGORY_IDS = [3, 7, 11]  # non-contiguous dataset ids exercise the id mapping
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """A tiny model, its checkpoint and config file, and a COCO dataset whose ground truth is partly the model's own
+    top predictions (so AP is high and meaningful)."""
+    root = tmp_path_factory.mktemp("tiny_coco")
+    cfg = make_tiny_cfg("MODEL.FCOS.INFERENCE_TH_TEST", 0.0, "OUTPUT_DIR", str(root / "out"))
+    torch.manual_seed(0)
+    checkpoint = str(root / "tiny.pth")
+    torch.save({"model": build_model(cfg).state_dict()}, checkpoint)
+    cfg.MODEL.WEIGHTS = checkpoint
+    config_file = root / "tiny.yaml"
+    config_file.write_text(cfg.dump())
+    predictor = DefaultPredictor(cfg)
+
+    (root / "images").mkdir()
+    images, annotations = [], []
+    for image_id in range(1, 4):
+        image, _ = shapes_image(80 + 8 * image_id, 120, seed=image_id)
+        name = f"{image_id:03d}.png"
+        cv2.imwrite(str(root / "images" / name), image)
+        images.append({"id": image_id, "file_name": name, "height": image.shape[0], "width": image.shape[1]})
+        instances = predictor(image)["instances"]
+        instances = instances[instances.pred_masks.flatten(1).sum(1) >= 20]  # COCO cannot match empty masks
+        for k in range(3):  # the 3 best detections become ground truth
+            x1, y1, x2, y2 = instances.pred_boxes.tensor[k].tolist()
+            rle = mask_util.encode(np.asfortranarray(instances.pred_masks[k].numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0,
+                                "category_id": CATEGORY_IDS[int(instances.pred_classes[k])],
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "segmentation": rle,
+                                "area": float(mask_util.area(rle))})
+    categories = [{"id": i, "name": f"class{i}"} for i in CATEGORY_IDS]
+    json_file = root / "annotations.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+    return {"root": root, "config": str(config_file), "json": str(json_file), "images": str(root / "images")}
+
+
+def pycocotools_ap(json_file: str, results_file: str, task: str) -> float:
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(json_file)
+        predictions = json.load(open(results_file))
+        if task == "bbox":
+            predictions = [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
+        evaluator = COCOeval(gt, gt.loadRes(predictions), task)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return evaluator.stats[0] * 100
+
+
+def eval_args(dataset, output_dir, *extra):
+    return ["--config-file", dataset["config"], "--eval-only", "--dataset",
+            f"tiny_val={dataset['json']}:{dataset['images']}", *extra,
+            "DATASETS.TEST", "('tiny_val',)", "OUTPUT_DIR", str(output_dir)]
+
+
+def test_eval_only_ap_equals_pycocotools(tiny_dataset):
+    train_net = load_tool("tools/train_net.py")
+    output_dir = tiny_dataset["root"] / "eval1"
+    results = train_net.cli(eval_args(tiny_dataset, output_dir))["tiny_val"]
+    results_file = output_dir / "inference" / "coco_instances_results.json"
+    predictions = json.load(open(results_file))
+    assert len(predictions) > 9 and {p["category_id"] for p in predictions} <= set(CATEGORY_IDS)
+    for task in ("bbox", "segm"):
+        assert results[task]["AP"] == pytest.approx(pycocotools_ap(tiny_dataset["json"], results_file, task), abs=1e-9)
+        assert results[task]["AP"] > 50  # the model's own top detections are the ground truth
+        assert {f"AP-class{i}" for i in CATEGORY_IDS} <= set(results[task])
+
+
+@pytest.mark.slow
+def test_eval_only_two_cpu_processes_give_the_same_results(tiny_dataset):
+    output_dir = tiny_dataset["root"] / "eval2"
+    command = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
+               *eval_args(tiny_dataset, output_dir, "--num-gpus", "2"), "MODEL.DEVICE", "cpu"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    results_file = output_dir / "inference" / "coco_instances_results.json"
+    two = sorted(json.load(open(results_file)), key=lambda p: (p["image_id"], -p["score"]))
+    single = tiny_dataset["root"] / "eval1" / "inference" / "coco_instances_results.json"
+    if not single.exists():
+        pytest.skip("needs test_eval_only_ap_equals_pycocotools to run first")
+    one = sorted(json.load(open(single)), key=lambda p: (p["image_id"], -p["score"]))
+    assert [(p["image_id"], p["category_id"]) for p in two] == [(p["image_id"], p["category_id"]) for p in one]
+    np.testing.assert_allclose([p["bbox"] for p in two], [p["bbox"] for p in one], atol=1e-4)
+    assert "segm AP" in done.stdout or "segm:" in done.stdout
+
+
+def test_missing_dataset_is_a_one_line_error(tiny_dataset, tmp_path, capsys):
+    train_net = load_tool("tools/train_net.py")
+    args = ["--config-file", tiny_dataset["config"], "--eval-only", "--dataset",
+            f"x={tmp_path / 'missing.json'}:{tiny_dataset['images']}", "DATASETS.TEST", "('x',)"]
+    assert run_cli(train_net.cli, args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing.json does not exist" in err
+    if torch.cuda.device_count() < 4:
+        args = ["--config-file", tiny_dataset["config"], "--eval-only", "--num-gpus", "4", "MODEL.DEVICE", "cuda"]
+        assert run_cli(train_net.cli, args) == 2
+        err = capsys.readouterr().err
+        assert "asks for 4 GPUs but this machine has" in err and "MODEL.DEVICE cpu" in err and err.count("\n") == 1
