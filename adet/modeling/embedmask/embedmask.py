@@ -72,7 +72,9 @@ class EmbedMask(nn.Module):
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         return ImageList.from_tensors(images, self.backbone.size_divisibility)
 
-    def forward(self, batched_inputs: list[dict[str, Any]]):
+    def forward(self, batched_inputs: list[dict[str, Any]], do_postprocess: bool = True):
+        """Losses in training; in eval, per-image results (``do_postprocess=False``: raw detections at network
+        resolution, with stride-4 ``pred_global_masks``; pass them to :meth:`postprocess_results`)."""
         images = self.preprocess(batched_inputs)
         features = self.backbone(images.tensor)
         gt_instances = None
@@ -90,7 +92,10 @@ class EmbedMask(nn.Module):
             losses = {**sem_losses, **proposal_losses}
             losses.update(self.mask_losses(proposals, pixel_embeddings, gt_instances))
             return losses
-        return self.inference(proposals, pixel_embeddings, batched_inputs, images)
+        detections = self.inference(proposals, pixel_embeddings, images)
+        if not do_postprocess:
+            return detections
+        return self.postprocess_results(detections, batched_inputs, tuple(images.tensor.shape[-2:]))
 
     # ---- masks -------------------------------------------------------------------------------------------------------
     def mask_probabilities(self, pixel_embeddings: torch.Tensor, top_feats: torch.Tensor,
@@ -162,18 +167,25 @@ class EmbedMask(nn.Module):
             gt.gt_bitmasks = full[:, start::stride, start::stride]
 
     # ---- inference ---------------------------------------------------------------------------------------------------
-    def inference(self, detections: list[Instances], pixel_embeddings: torch.Tensor,
-                  batched_inputs: list[dict[str, Any]], images: ImageList) -> list[dict[str, Instances]]:
-        padded_size = tuple(images.tensor.shape[-2:])
+    def inference(self, detections: list[Instances], pixel_embeddings: torch.Tensor, images: ImageList
+                  ) -> list[Instances]:
+        """Adds ``pred_global_masks`` (K, 1, H_pad/4, W_pad/4) coupling probabilities to each image's detections."""
+        padded_size = images.tensor.shape[-2:]
         mask_size = (padded_size[0] // self.mask_out_stride, padded_size[1] // self.mask_out_stride)
-        processed = []
-        for image_index, (instances, inputs) in enumerate(zip(detections, batched_inputs)):
+        for image_index, instances in enumerate(detections):
             if len(instances) > 0:
                 image_indices = torch.full((len(instances),), image_index, dtype=torch.long, device=self.device)
                 instances.pred_global_masks = self.mask_probabilities(pixel_embeddings, instances.top_feat,
                                                                       image_indices)
             else:
                 instances.pred_global_masks = pixel_embeddings.new_zeros((0, 1, *mask_size))
+        return detections
+
+    def postprocess_results(self, detections: list[Instances], batched_inputs: list[dict[str, Any]],
+                            padded_size: tuple[int, int]) -> list[dict[str, Instances]]:
+        """Detections in each input's ``height`` x ``width`` (default: the network input size)."""
+        processed = []
+        for instances, inputs in zip(detections, batched_inputs):
             height = inputs.get("height", instances.image_size[0])
             width = inputs.get("width", instances.image_size[1])
             processed.append({"instances": postprocess(instances, height, width, padded_size, self.mask_threshold)})
