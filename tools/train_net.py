@@ -40,7 +40,7 @@ def main(args):
         return evaluate_datasets(cfg, model)
     from adet.engine.trainer import train
 
-    return train(cfg, resume=args.resume)
+    return train(cfg, resume=args.resume, log_period=args.log_period)
 
 
 def cli(argv: list[str] | None = None):

@@ -1,5 +1,5 @@
 from . import builtin  # noqa: F401  (registers coco_2017_*)
-from .build import InferenceSampler, build_detection_test_loader
+from .build import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import BoxMode, DatasetError, coco_class_names, load_coco_json, register_coco_instances
 from .image_io import ImageReadError, read_image
@@ -11,10 +11,11 @@ __all__ = [
     "DatasetError",
     "DatasetMapper",
     "ImageReadError",
-    "InferenceSampler",
     "Metadata",
     "MetadataCatalog",
     "build_detection_test_loader",
+    "build_detection_train_loader",
+    "get_detection_dataset_dicts",
     "coco_class_names",
     "load_coco_json",
     "read_image",

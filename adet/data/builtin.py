@@ -55,3 +55,12 @@ def register_all_coco(root: str | None = None) -> None:
 
 
 register_all_coco()
+
+
+def register_all_synthetic() -> None:
+    from .synthetic import register_synthetic
+
+    register_synthetic(datasets_root)
+
+
+register_all_synthetic()

@@ -100,7 +100,9 @@ class DatasetMapper:
         return cls(resize, is_train, cfg.INPUT.FORMAT, is_train and cfg.INPUT.HFLIP_TRAIN, cfg.INPUT.MASK_FORMAT,
                    seed)
 
-    def __call__(self, dataset_dict: dict) -> dict:
+    def __call__(self, dataset_dict: dict, rng: np.random.Generator | None = None) -> dict:
+        """Map one dict; ``rng`` (default: the mapper's own) draws the resize size and the flip."""
+        rng = self.rng if rng is None else rng
         record = copy.deepcopy(dataset_dict)
         image = read_image(record["file_name"], self.image_format)
         expected = (record.get("height"), record.get("width"))
@@ -109,8 +111,8 @@ class DatasetMapper:
                              f"annotation says {expected[1]}x{expected[0]}")
         record.setdefault("height", image.shape[0])
         record.setdefault("width", image.shape[1])
-        transforms = [self.resize.get_transform(image, self.rng)]
-        if self.horizontal_flip and self.rng.random() < 0.5:
+        transforms = [self.resize.get_transform(image, rng)]
+        if self.horizontal_flip and rng.random() < 0.5:
             transforms.append(HFlipTransform(transforms[0].new_w))
         transforms = TransformList(transforms)
         image = transforms.apply_image(image)

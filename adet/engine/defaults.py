@@ -16,9 +16,11 @@ from adet.data.catalog import DatasetCatalog
 from adet.utils import comm
 
 from .launch import LaunchError
+from .trainer import TrainingDivergedError
 
-# Errors caused by the user's input: reported as one line, never as a traceback.
-USER_ERRORS = (ConfigError, DatasetError, WeightFileError, ImageReadError, LaunchError, FileNotFoundError)
+# Errors a user can act on: reported as one line, never as a traceback.
+USER_ERRORS = (ConfigError, DatasetError, WeightFileError, ImageReadError, LaunchError, FileNotFoundError,
+               TrainingDivergedError)
 
 
 def default_argument_parser(description: str = "EmbedMask training and evaluation") -> argparse.ArgumentParser:
@@ -36,6 +38,8 @@ def default_argument_parser(description: str = "EmbedMask training and evaluatio
     parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGES/",
                         help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST")
+    parser.add_argument("--log-period", type=int, default=20, metavar="N",
+                        help="write losses to the console and metrics.json every N iterations")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 
@@ -61,11 +65,19 @@ def register_datasets_from_args(specs: list[str]) -> list[str]:
 
 
 def setup_cfg(args: argparse.Namespace, freeze: bool = True):
-    """Config from ``--config-file`` and the trailing overrides."""
+    """Config from ``--config-file`` and the trailing overrides. When the first training dataset was given with
+    ``--dataset``, MODEL.FCOS.NUM_CLASSES follows its annotation file (unless overridden on the command line)."""
     cfg = get_cfg()
     if args.config_file:
         cfg.merge_from_file(args.config_file)
     cfg.merge_from_list(list(args.opts))
+    given = [spec.partition("=")[0] for spec in getattr(args, "dataset", [])]
+    if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in given and "MODEL.FCOS.NUM_CLASSES" not in args.opts[0::2]:
+        classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("thing_classes")
+        if classes and len(classes) != cfg.MODEL.FCOS.NUM_CLASSES:
+            logging.getLogger(__name__).info("MODEL.FCOS.NUM_CLASSES set to %d, the classes of %s", len(classes),
+                                             cfg.DATASETS.TRAIN[0])
+            cfg.MODEL.FCOS.NUM_CLASSES = len(classes)
     if freeze:
         cfg.freeze()
     return cfg

@@ -10,6 +10,7 @@ import torch
 from adet.data import build_detection_test_loader
 from adet.evaluation import COCOEvaluator, inference_on_dataset
 from adet.utils import comm
+from adet.utils.plots import plot_per_category_ap, plot_precision_recall
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,11 @@ def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[s
         loader = build_detection_test_loader(cfg, name)
         evaluator = COCOEvaluator(name, output_dir=folder)
         results[name] = inference_on_dataset(model, loader, evaluator)
+        if comm.is_main_process() and results[name]:
+            prefix = os.path.join(cfg.OUTPUT_DIR, "plots", f"{name}_" if len(names) > 1 else "")
+            os.makedirs(os.path.dirname(prefix), exist_ok=True)
+            plot_per_category_ap(results[name], prefix + "per_category_ap.png")
+            plot_precision_recall(evaluator.coco_evals, prefix + "pr_curves.png")
     if comm.is_main_process():
         logger.info("Evaluation results:\n%s", format_results(results))
     return results

@@ -73,7 +73,9 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machine
                            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, use_cuda,
                                  timeout, args))
     except mp.ProcessExitedException as e:
-        # The worker already printed its one-line error; exit with its code.
+        if e.exit_code != 2:  # 2: the worker already printed its one-line error
+            how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
+            print(f"error: worker {e.error_index} died ({how}); the other workers were stopped", file=sys.stderr)
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
 
 

@@ -106,8 +106,8 @@ class ResNet(nn.Module):
             raise ValueError(f"MODEL.RESNETS.RES5_DILATION must be 1 or 2, got {res5_dilation}")
         basic = depth in (18, 34)
         if basic:
-            # Basic blocks have no expansion: res2 keeps the stem's 64 channels.
-            res2_out_channels = 64
+            # Basic blocks have no expansion: res2 is as wide as the stem (64 in detectron2's R-18/34).
+            res2_out_channels = stem_out_channels
         self.stem = BasicStem(3, stem_out_channels, norm)
         self.out_features = list(out_features)
         self.out_channels: dict[str, int] = {}

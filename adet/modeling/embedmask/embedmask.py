@@ -103,7 +103,10 @@ class EmbedMask(nn.Module):
         """(P, 1, H/4, W/4): coupling at the pixel embeddings' stride (8), then aligned x2 upsampling of the
         probabilities to MASK_OUT_STRIDE (4)."""
         dim = pixel_embeddings.shape[1]
-        probs = mask_probability(pixel_embeddings, top_feats[:, :dim], top_feats[:, dim:], image_indices)
+        # Always float32: in half precision exp(-distance) loses the tails that rank and threshold masks.
+        with torch.autocast(pixel_embeddings.device.type, enabled=False):
+            pixel_embeddings, top_feats = pixel_embeddings.float(), top_feats.float()
+            probs = mask_probability(pixel_embeddings, top_feats[:, :dim], top_feats[:, dim:], image_indices)
         factor = self.mask_branch.out_stride // self.mask_out_stride
         return aligned_bilinear(probs.unsqueeze(1), factor)
 

@@ -1,0 +1,200 @@
+"""The training loop: one function a reader can hold in their head.
+
+Every iteration's randomness (data order, augmentation, proposal sampling) is derived from (seed, iteration), so a
+run resumed from a checkpoint produces the same losses as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import time
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from adet.checkpoint import DetectionCheckpointer
+from adet.config import ConfigError
+from adet.data import MetadataCatalog, build_detection_train_loader
+from adet.modeling import build_model
+from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
+from adet.utils import comm
+from adet.utils.plots import plot_training_curves
+
+from .evaluate import evaluate_datasets
+from .metrics import MetricsWriter
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDivergedError(FloatingPointError):
+    """A loss became NaN or infinite; the message names the iteration and the term."""
+
+
+def shared_seed(cfg_seed: int) -> int:
+    """cfg.SEED, or (when negative) a random seed drawn on rank 0 and shared with every process."""
+    if cfg_seed >= 0:
+        return cfg_seed
+    seed = torch.tensor([random.SystemRandom().randrange(2**31)])
+    if comm.get_world_size() > 1:
+        dist.broadcast(seed, src=0)
+    return int(seed.item())
+
+
+def check_finite(loss_dict: dict[str, torch.Tensor], iteration: int) -> None:
+    bad = {k: float(v.detach()) for k, v in loss_dict.items() if not torch.isfinite(v).all()}
+    if bad:
+        terms = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise TrainingDivergedError(f"training diverged at iteration {iteration}: {terms}; lower SOLVER.BASE_LR or "
+                                    "enable SOLVER.CLIP_GRADIENTS, then --resume from the last checkpoint")
+
+
+def reduce_for_logging(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
+    """The mean of each loss over processes (what the log and metrics.json show)."""
+    names = sorted(loss_dict)
+    values = torch.stack([loss_dict[k].detach().float() for k in names])
+    if comm.get_world_size() > 1:
+        dist.all_reduce(values)
+        values /= comm.get_world_size()
+    return dict(zip(names, values.tolist()))
+
+
+def class_names_of(cfg) -> list[str] | None:
+    names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("thing_classes") if cfg.DATASETS.TRAIN else None
+    if names is not None and len(names) != cfg.MODEL.FCOS.NUM_CLASSES:
+        raise ConfigError(f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]} has {len(names)} classes but "
+                          f"MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}; add MODEL.FCOS.NUM_CLASSES "
+                          f"{len(names)}")
+    return names
+
+
+@dataclass
+class TrainingState:
+    """Everything the loop needs; ``model`` is the bare model, ``train_model`` its DDP wrapper (or itself)."""
+
+    cfg: object
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: object
+    checkpointer: DetectionCheckpointer
+    loader: object
+    start_iter: int
+    seed: int
+
+
+def remove_stale_temporaries(output_dir: str) -> None:
+    """Partial files of a save that was killed midway (never a .pth: saves are atomic renames)."""
+    if comm.is_main_process() and os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(output_dir, name))
+
+
+def build_training(cfg, resume: bool = False) -> TrainingState:
+    """Model, optimizer, schedule and data, restored from OUTPUT_DIR's last checkpoint when resuming (model,
+    optimizer, schedule, iteration and data order) or initialised from MODEL.WEIGHTS."""
+    world_size = comm.get_world_size()
+    cfg = scale_for_world_size(cfg, world_size)
+    model = build_model(cfg)
+    optimizer = build_optimizer(cfg, model)
+    scheduler = build_lr_scheduler(cfg, optimizer)
+    scaler = torch.amp.GradScaler("cuda") if cfg.SOLVER.AMP.ENABLED and model.device.type == "cuda" else None
+    checkpointables = {"optimizer": optimizer, "scheduler": scheduler}
+    if scaler is not None:
+        checkpointables["scaler"] = scaler
+    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+                                         **checkpointables)
+    remove_stale_temporaries(cfg.OUTPUT_DIR)
+    if resume and checkpointer.has_checkpoint():
+        extra = checkpointer.load(checkpointer.get_checkpoint_file())
+        start_iter, seed = int(extra["iteration"]) + 1, int(extra["seed"])
+        logger.info("Resuming from %s at iteration %d", checkpointer.get_checkpoint_file(), start_iter)
+    else:
+        checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
+        start_iter, seed = 0, shared_seed(cfg.SEED)
+    loader = build_detection_train_loader(cfg, seed, start_iter)
+    model.class_names = class_names_of(cfg)
+    train_model = model
+    if world_size > 1:
+        device_ids = [model.device.index] if model.device.type == "cuda" else None
+        # Per-process BatchNorm statistics, as the official training (broadcast_buffers=False).
+        with warnings.catch_warnings():  # newer torch renames the option; its meaning here is unchanged
+            warnings.simplefilter("ignore", FutureWarning)
+            train_model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
+    return TrainingState(cfg, model, train_model, optimizer, scheduler, scaler, checkpointer, loader, start_iter,
+                         seed)
+
+
+def run_training(state: TrainingState, log_period: int = 20) -> dict:
+    """Iterate to SOLVER.MAX_ITER with checkpoints and evaluations; returns the last evaluation's results."""
+    cfg, model, train_model, optimizer = state.cfg, state.model, state.train_model, state.optimizer
+    rank, max_iter, seed = comm.get_rank(), cfg.SOLVER.MAX_ITER, state.seed
+    writer = MetricsWriter(cfg.OUTPUT_DIR if comm.is_main_process() else None, max_iter, state.start_iter)
+    amp = cfg.SOLVER.AMP.ENABLED
+    autocast_dtype = torch.float16 if model.device.type == "cuda" else torch.bfloat16
+    logger.info("Training %d iterations from %d (seed %d, %d process(es), %d images per step)", max_iter,
+                state.start_iter, seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
+    results: dict = {}
+    train_model.train()
+    data_iter = iter(state.loader)
+    with writer.progress():
+        for iteration in range(state.start_iter, max_iter):
+            # Proposal sampling (MAX_PROPOSALS) draws from torch's RNG: make it a function of the iteration.
+            torch.manual_seed((seed * 1000003 + iteration * 1009 + rank) % (2**63))
+            tic = time.perf_counter()
+            data = next(data_iter)
+            data_time = time.perf_counter() - tic
+            with torch.autocast(model.device.type, dtype=autocast_dtype, enabled=amp):
+                loss_dict = train_model(data)
+            check_finite(loss_dict, iteration)
+            losses = sum(loss_dict.values())
+            optimizer.zero_grad(set_to_none=True)
+            if state.scaler is not None:
+                state.scaler.scale(losses).backward()
+                state.scaler.unscale_(optimizer)
+                clip_gradients(cfg, model)
+                state.scaler.step(optimizer)
+                state.scaler.update()
+            else:
+                losses.backward()
+                clip_gradients(cfg, model)
+                optimizer.step()
+            lr = optimizer.param_groups[0]["lr"]
+            state.scheduler.step()
+
+            last = iteration == max_iter - 1
+            if (iteration + 1) % log_period == 0 or last or iteration == state.start_iter:
+                writer.write_iteration(iteration, reduce_for_logging(loss_dict), lr, time.perf_counter() - tic,
+                                       data_time)
+            else:
+                writer.tick(iteration, time.perf_counter() - tic)
+            extra = {"iteration": iteration, "seed": seed, "config": cfg.dump()}
+            period = cfg.SOLVER.CHECKPOINT_PERIOD
+            if last:
+                state.checkpointer.save("model_final", **extra)
+            elif period > 0 and (iteration + 1) % period == 0:
+                state.checkpointer.save(f"model_{iteration:07d}", **extra)
+            eval_period = cfg.TEST.EVAL_PERIOD
+            if cfg.DATASETS.TEST and (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
+                results = evaluate_datasets(cfg, model)
+                writer.write_evaluation(iteration, results)
+                train_model.train()
+    writer.close()
+    if comm.is_main_process():
+        written = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR,
+                                                                                                 "plots"))
+        if written:
+            logger.info("Training plots: %s", ", ".join(written))
+    comm.synchronize()
+    return results
+
+
+def train(cfg, resume: bool = False, log_period: int = 20) -> dict:
+    """Train ``cfg``'s model on DATASETS.TRAIN, checkpointing into OUTPUT_DIR; returns the final evaluation."""
+    return run_training(build_training(cfg, resume), log_period)

@@ -1,0 +1,192 @@
+"""Training end to end on tiny data: losses, bad annotations, divergence, resume after SIGKILL, two processes."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from adet.data.synthetic import write_split
+from adet.engine.defaults import run_cli
+
+from .conftest import ROOT, load_tool, make_tiny_cfg
+
+TRAIN_NET = os.path.join(ROOT, "tools", "train_net.py")
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    json_file = write_split(str(root), "shapes", 12, seed=11)
+    return {"dataset": f"shapes={json_file}:{root / 'shapes'}", "json": json_file, "root": root}
+
+
+def tiny_train_args(data, output_dir, *extra):
+    cfg = make_tiny_cfg("MODEL.FCOS.NUM_CLASSES", 4, "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.RESNETS.NORM", "BN",
+                        "SOLVER.IMS_PER_BATCH", 2, "SOLVER.BASE_LR", 0.01, "SOLVER.WARMUP_ITERS", 2,
+                        "SOLVER.MAX_ITER", 6, "SOLVER.CHECKPOINT_PERIOD", 3, "SEED", 1, "DATALOADER.NUM_WORKERS", 0,
+                        "INPUT.MIN_SIZE_TRAIN", (96, 112), "MODEL.EMBEDMASK.MAX_PROPOSALS", 30)
+    config = output_dir.parent / f"{output_dir.name}.yaml"
+    config.write_text(cfg.dump())
+    return ["--config-file", str(config), "--dataset", data["dataset"], "--log-period", "1",
+            "DATASETS.TRAIN", "('shapes',)", "DATASETS.TEST", "()", "OUTPUT_DIR", str(output_dir), *extra]
+
+
+def read_losses(output_dir):
+    with open(os.path.join(output_dir, "metrics.json")) as f:
+        records = [json.loads(line) for line in f]
+    return {r["iteration"]: {k: v for k, v in r.items() if k.startswith("loss_")} for r in records if "total_loss" in r}
+
+
+def test_train_writes_checkpoints_metrics_and_config(tiny_data, tmp_path):
+    train_net = load_tool("tools/train_net.py")
+    output_dir = tmp_path / "run"
+    train_net.cli(tiny_train_args(tiny_data, output_dir))
+    files = set(os.listdir(output_dir))
+    assert {"model_0000002.pth", "model_final.pth", "last_checkpoint", "metrics.json", "config.yaml",
+            "log.txt"} <= files
+    assert any(f.startswith("events.out.tfevents") for f in files) and not any(f.startswith(".tmp") for f in files)
+    losses = read_losses(output_dir)
+    assert sorted(losses) == list(range(6))
+    assert set(losses[0]) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_sem"}
+    checkpoint = torch.load(output_dir / "model_final.pth", weights_only=True)
+    assert checkpoint["iteration"] == 5 and checkpoint["class_names"] == ["circle", "square", "triangle", "star"]
+    assert "EmbedMask" in checkpoint["config"] and set(checkpoint) >= {"model", "optimizer", "scheduler"}
+
+
+def test_bad_annotations_are_dropped_with_a_count(tiny_data, tmp_path, caplog):
+    data = json.load(open(tiny_data["json"]))
+    first = data["images"][0]["id"]
+    data["annotations"] += [
+        {"id": 9001, "image_id": first, "category_id": 1, "bbox": [5, 5, 0, 10], "iscrowd": 0,
+         "segmentation": [[5, 5, 5, 10, 5, 15]]},                       # zero-area box, degenerate polygon
+        {"id": 9002, "image_id": first, "category_id": 2, "bbox": [500, 500, 10, 10], "iscrowd": 0,
+         "segmentation": [[500, 500, 510, 500, 510, 510]]},             # outside the image
+        {"id": 9003, "image_id": first, "category_id": 3, "bbox": [10, 10, 20, 20], "iscrowd": 0,
+         "segmentation": [[10, 10, 20, 20, 30, 30]]},                   # collinear: zero-area polygon
+    ]
+    bad_json = tmp_path / "bad.json"
+    bad_json.write_text(json.dumps(data))
+    bad = dict(tiny_data, dataset=f"shapes={bad_json}:{tiny_data['root'] / 'shapes'}")
+    train_net = load_tool("tools/train_net.py")
+    train_net.cli(tiny_train_args(bad, tmp_path / "run", "SOLVER.MAX_ITER", "2"))
+    log = open(tmp_path / "run" / "log.txt").read()
+    assert "Dropped bad annotations: 1 zero-area or invalid boxes, 1 boxes outside the image, " \
+           "1 degenerate polygons, 1 instances without a valid polygon" in log
+
+
+def test_non_finite_loss_stops_with_iteration_and_term(tiny_data, tmp_path, capsys):
+    train_net = load_tool("tools/train_net.py")
+    code = run_cli(train_net.cli, tiny_train_args(tiny_data, tmp_path / "run", "SOLVER.BASE_LR", "1e12",
+                                                  "SOLVER.WARMUP_ITERS", "0"))
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.startswith("error: training diverged at iteration ")
+    assert ("=nan" in err or "=inf" in err) and err.count("\n") == 0
+
+
+def _run(args, **kwargs):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, TRAIN_NET, *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env, **kwargs)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_continues_the_same_loss_sequence(tiny_data, tmp_path):
+    extra = ("SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4")
+    reference = _run(tiny_train_args(tiny_data, tmp_path / "a", *extra))
+    assert reference.wait(timeout=300) == 0, reference.stdout.read()[-2000:]
+
+    killed_dir = tmp_path / "b"
+    process = _run(tiny_train_args(tiny_data, killed_dir, *extra))
+    deadline = time.time() + 300
+    while time.time() < deadline:  # kill between the checkpoints of iterations 3 and 7
+        if (killed_dir / "metrics.json").exists() and 5 in read_losses(killed_dir):
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (killed_dir / "model_final.pth").exists()
+    for name in os.listdir(killed_dir):  # whatever was written is complete
+        if name.endswith(".pth"):
+            torch.load(killed_dir / name, weights_only=True)
+    last = (killed_dir / "last_checkpoint").read_text().strip()
+    resumed = _run(["--resume", *tiny_train_args(tiny_data, killed_dir, *extra)])
+    assert resumed.wait(timeout=300) == 0, resumed.stdout.read()[-2000:]
+    start = int(last.split("_")[1].split(".")[0]) + 1
+    expected, got = read_losses(tmp_path / "a"), read_losses(killed_dir)
+    assert start >= 4
+    for iteration in range(start, 12):
+        for key, value in expected[iteration].items():
+            assert got[iteration][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (iteration, key)
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_match_one_process_with_the_same_total_batch(tmp_path):
+    """A one-image dataset without flips makes every per-process batch identical, so per-process normalisations
+    and BatchNorm statistics coincide and two processes (batch 1 each) must reproduce one process (batch 2)."""
+    from adet.engine.launch import launch
+
+    from . import dist_worker
+
+    json_file = write_split(str(tmp_path), "one", 1, seed=4)
+    cfg = make_tiny_cfg("MODEL.FCOS.NUM_CLASSES", 4, "MODEL.BACKBONE.FREEZE_AT", 0, "MODEL.RESNETS.NORM", "BN",
+                        "SOLVER.IMS_PER_BATCH", 2, "SOLVER.BASE_LR", 0.01, "SOLVER.WARMUP_ITERS", 0,
+                        "SOLVER.MAX_ITER", 3, "SOLVER.CHECKPOINT_PERIOD", 0, "SEED", 1, "INPUT.HFLIP_TRAIN", False,
+                        "DATASETS.TRAIN", ("one",), "DATASETS.TEST", (), "MODEL.EMBEDMASK.MAX_PROPOSALS", -1,
+                        # Lovasz's subgradient depends on how exact ties sort; Dice is smooth, so updates compare.
+                        "MODEL.EMBEDMASK.MASK_LOSS_TYPE", "Dice")
+    dataset = f"one={json_file}:{tmp_path / 'one'}"
+    runs = {}
+    for name, processes in (("single", 1), ("double", 2)):
+        cfg.OUTPUT_DIR = str(tmp_path / name)
+        launch(dist_worker.train_and_save_weights, processes, args=(cfg.dump(), dataset), use_cuda=False)
+        runs[name] = read_losses(tmp_path / name)
+    assert sorted(runs["double"]) == [0, 1, 2]
+    for iteration, losses in runs["single"].items():
+        for key, value in losses.items():
+            assert runs["double"][iteration][key] == pytest.approx(value, rel=1e-4), (iteration, key)
+    rank0 = torch.load(tmp_path / "double" / "weights_rank0.pt")
+    rank1 = torch.load(tmp_path / "double" / "weights_rank1.pt")
+    single = torch.load(tmp_path / "single" / "weights_rank0.pt")
+    assert all(torch.equal(rank0["final"][k], rank1["final"][k]) for k in rank0["final"])  # replicas identical
+    for name, initial in single["initial"].items():
+        assert torch.equal(initial, rank0["initial"][name])
+        # Same update as one process, up to float32 summation order (gradients agree to ~1e-4 relative).
+        update = (single["final"][name] - initial).abs().max()
+        difference = (rank0["final"][name] - single["final"][name]).abs().max()
+        assert difference <= 0.02 * update + 1e-7, name
+
+
+@pytest.mark.slow
+def test_a_dead_worker_stops_the_others(tiny_data, tmp_path):
+    output_dir = tmp_path / "dies"
+    process = _run(["--num-gpus", "2", *tiny_train_args(tiny_data, output_dir, "SOLVER.MAX_ITER", "100000",
+                                                      "MODEL.DEVICE", "cpu")], start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None and not (
+            (output_dir / "metrics.json").exists() and len(read_losses(output_dir)) >= 2):
+        time.sleep(0.1)
+    assert process.poll() is None, process.stdout.read()[-2000:]
+    workers = [pid for pid in os.listdir("/proc") if pid.isdigit() and _is_spawned_child(int(pid), process.pid)]
+    assert len(workers) == 2
+    os.kill(int(workers[1]), signal.SIGKILL)
+    start = time.time()
+    code = process.wait(timeout=120)
+    output = process.stdout.read()
+    assert code != 0 and time.time() - start < 60
+    assert "worker" in output and "died" in output
+    assert not any(_is_spawned_child(int(pid), process.pid) for pid in os.listdir("/proc") if pid.isdigit())
+
+
+def _is_spawned_child(pid: int, parent: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        with open(f"/proc/{pid}/cmdline") as f:
+            return ppid == parent and "spawn_main" in f.read()
+    except (OSError, IndexError, ValueError):
+        return False
