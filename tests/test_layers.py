@@ -112,3 +112,24 @@ def test_mask_losses_on_probabilities():
     # clamped at 1e-6: logits +-13.8155 with correct signs -> all errors negative -> loss 0
     assert lovasz_loss_on_probabilities(probs, target).item() == 0.0
     assert torch.allclose(dice_loss_on_probabilities(probs, target), torch.tensor([1 - 4 / (2 + 2 + 1e-5)]))
+
+
+def test_folding_frozen_batchnorm_keeps_the_outputs(tiny_model):
+    from adet.layers import Conv2d, fold_frozen_batchnorm
+    from adet.modeling.backbone import ResNet
+
+    torch.manual_seed(0)
+    resnet = ResNet(depth=18, out_features=("res3", "res5"))
+    for module in resnet.modules():  # non-trivial statistics
+        if isinstance(module, FrozenBatchNorm2d):
+            module.weight.uniform_(0.5, 1.5)
+            module.bias.uniform_(-0.2, 0.2)
+            module.running_mean.uniform_(-0.3, 0.3)
+            module.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(1, 3, 64, 64)
+    expected = resnet(x)
+    assert fold_frozen_batchnorm(resnet) == sum(isinstance(m, Conv2d) for m in resnet.modules())
+    assert not any(isinstance(m, FrozenBatchNorm2d) for m in resnet.modules())
+    folded = resnet(x)
+    for key in expected:
+        assert torch.allclose(folded[key], expected[key], rtol=1e-4, atol=1e-5)

@@ -23,7 +23,7 @@ from adet.engine.defaults import (  # noqa: E402
 )
 from adet.engine.evaluate import evaluate_datasets  # noqa: E402
 from adet.engine.launch import check_devices, launch  # noqa: E402
-from adet.modeling import build_model  # noqa: E402
+from adet.modeling import build_model, prepare_for_inference  # noqa: E402
 
 
 def main(args):
@@ -37,7 +37,7 @@ def main(args):
             checkpointer.load(checkpointer.get_checkpoint_file(), checkpointables=[])
         else:
             checkpointer.load(cfg.MODEL.WEIGHTS)
-        return evaluate_datasets(cfg, model)
+        return evaluate_datasets(cfg, prepare_for_inference(model))
     from adet.engine.trainer import train
 
     return train(cfg, resume=args.resume, log_period=args.log_period)

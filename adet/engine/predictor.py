@@ -8,7 +8,7 @@ import torch
 from adet.checkpoint import DetectionCheckpointer
 from adet.data.image_io import as_color_uint8
 from adet.data.transforms import ResizeShortestEdge
-from adet.modeling import build_model
+from adet.modeling import build_model, prepare_for_inference
 from adet.structures import Instances
 
 
@@ -24,8 +24,8 @@ class DefaultPredictor:
     def __init__(self, cfg):
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
-        self.model.eval()
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        prepare_for_inference(self.model)
         self.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
         self.input_format = cfg.INPUT.FORMAT
         if self.input_format not in ("RGB", "BGR"):

@@ -39,3 +39,22 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+def fold_frozen_batchnorm(model: nn.Module) -> int:
+    """Merge every frozen BatchNorm that follows a :class:`~adet.layers.Conv2d` into the conv's weight and bias
+    (inference only: the checkpoint names ``<conv>.norm.*`` no longer exist afterwards). Returns how many."""
+    from .conv import Conv2d
+
+    folded = 0
+    for module in model.modules():
+        if isinstance(module, Conv2d) and isinstance(module.norm, FrozenBatchNorm2d):
+            scale, shift = module.norm.scale_and_shift()
+            with torch.no_grad():
+                weight = module.weight * scale.view(-1, 1, 1, 1)
+                bias = shift if module.bias is None else module.bias * scale + shift
+            module.weight = nn.Parameter(weight, requires_grad=False)
+            module.bias = nn.Parameter(bias, requires_grad=False)
+            module.norm = None
+            folded += 1
+    return folded

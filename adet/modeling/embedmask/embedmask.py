@@ -74,7 +74,7 @@ class EmbedMask(nn.Module):
 
     def forward(self, batched_inputs: list[dict[str, Any]], do_postprocess: bool = True):
         """Losses in training; in eval, per-image results (``do_postprocess=False``: raw detections at network
-        resolution, with stride-4 ``pred_global_masks``; pass them to :meth:`postprocess_results`)."""
+        resolution with stride-8 ``mask_probs``; :meth:`postprocess_results` finishes them)."""
         images = self.preprocess(batched_inputs)
         features = self.backbone(images.tensor)
         gt_instances = None
@@ -92,21 +92,25 @@ class EmbedMask(nn.Module):
             losses = {**sem_losses, **proposal_losses}
             losses.update(self.mask_losses(proposals, pixel_embeddings, gt_instances))
             return losses
-        detections = self.inference(proposals, pixel_embeddings, images)
+        detections = self.inference(proposals, pixel_embeddings)
         if not do_postprocess:
             return detections
         return self.postprocess_results(detections, batched_inputs, tuple(images.tensor.shape[-2:]))
 
     # ---- masks -------------------------------------------------------------------------------------------------------
+    def coupling(self, pixel_embeddings: torch.Tensor, top_feats: torch.Tensor, image_indices: torch.Tensor
+                 ) -> torch.Tensor:
+        """(P, H/8, W/8) coupling probabilities at the pixel embeddings' stride, always in float32 (in half
+        precision exp(-distance) loses the tails that rank and threshold masks)."""
+        dim = pixel_embeddings.shape[1]
+        with torch.autocast(pixel_embeddings.device.type, enabled=False):
+            return mask_probability(pixel_embeddings, top_feats[:, :dim], top_feats[:, dim:], image_indices)
+
     def mask_probabilities(self, pixel_embeddings: torch.Tensor, top_feats: torch.Tensor,
                            image_indices: torch.Tensor) -> torch.Tensor:
-        """(P, 1, H/4, W/4): coupling at the pixel embeddings' stride (8), then aligned x2 upsampling of the
-        probabilities to MASK_OUT_STRIDE (4)."""
-        dim = pixel_embeddings.shape[1]
-        # Always float32: in half precision exp(-distance) loses the tails that rank and threshold masks.
-        with torch.autocast(pixel_embeddings.device.type, enabled=False):
-            pixel_embeddings, top_feats = pixel_embeddings.float(), top_feats.float()
-            probs = mask_probability(pixel_embeddings, top_feats[:, :dim], top_feats[:, dim:], image_indices)
+        """(P, 1, H/4, W/4): the coupling upsampled (aligned x2) to MASK_OUT_STRIDE, where the loss compares it with
+        the ground truth."""
+        probs = self.coupling(pixel_embeddings, top_feats, image_indices)
         factor = self.mask_branch.out_stride // self.mask_out_stride
         return aligned_bilinear(probs.unsqueeze(1), factor)
 
@@ -170,18 +174,13 @@ class EmbedMask(nn.Module):
             gt.gt_bitmasks = full[:, start::stride, start::stride]
 
     # ---- inference ---------------------------------------------------------------------------------------------------
-    def inference(self, detections: list[Instances], pixel_embeddings: torch.Tensor, images: ImageList
-                  ) -> list[Instances]:
-        """Adds ``pred_global_masks`` (K, 1, H_pad/4, W_pad/4) coupling probabilities to each image's detections."""
-        padded_size = images.tensor.shape[-2:]
-        mask_size = (padded_size[0] // self.mask_out_stride, padded_size[1] // self.mask_out_stride)
+    def inference(self, detections: list[Instances], pixel_embeddings: torch.Tensor) -> list[Instances]:
+        """Adds ``mask_probs`` (K, H_pad/8, W_pad/8), the coupling probabilities, to each image's detections."""
         for image_index, instances in enumerate(detections):
-            if len(instances) > 0:
-                image_indices = torch.full((len(instances),), image_index, dtype=torch.long, device=self.device)
-                instances.pred_global_masks = self.mask_probabilities(pixel_embeddings, instances.top_feat,
-                                                                      image_indices)
-            else:
-                instances.pred_global_masks = pixel_embeddings.new_zeros((0, 1, *mask_size))
+            image_indices = torch.full((len(instances),), image_index, dtype=torch.long, device=self.device)
+            top_feat = instances.top_feat if len(instances) else pixel_embeddings.new_zeros(
+                (0, 2 * pixel_embeddings.shape[1]))
+            instances.mask_probs = self.coupling(pixel_embeddings, top_feat, image_indices)
         return detections
 
     def postprocess_results(self, detections: list[Instances], batched_inputs: list[dict[str, Any]],
@@ -191,5 +190,6 @@ class EmbedMask(nn.Module):
         for instances, inputs in zip(detections, batched_inputs):
             height = inputs.get("height", instances.image_size[0])
             width = inputs.get("width", instances.image_size[1])
-            processed.append({"instances": postprocess(instances, height, width, padded_size, self.mask_threshold)})
+            processed.append({"instances": postprocess(instances, height, width, padded_size, self.mask_threshold,
+                                                       self.mask_out_stride)})
         return processed

@@ -1,29 +1,67 @@
 """Detections at network resolution -> detections in original-image pixels (spec section 6).
 
-Boxes are scaled and clipped; the stride-4 mask probabilities are brought to the padded input size with
-aligned_bilinear, cropped to the resized image, resized bilinearly to the original size and thresholded.
+Boxes are scaled and clipped. Masks follow the official chain: coupling probabilities at the pixel-embedding
+stride (8) -> aligned_bilinear x2 (stride 4) -> aligned_bilinear x4 (padded input size) -> crop to the resized image
+-> bilinear resize (align_corners=False) to the original size -> > 0.5.
+
+Every step of that chain is linear and acts on rows and columns separately, so it equals ``A_y @ P @ A_x^T`` for two
+small matrices, which are built by running the very same torch ops on identity bases. Two matrix products per mask
+replace ~10^8-element intermediates at full resolution: same masks (up to float rounding at exactly 0.5), a fraction
+of the time and memory.
 """
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 
 from adet.layers import aligned_bilinear
 from adet.structures import Instances
 
+# Masks are produced this many detections at a time, bounding the float intermediates.
+MASK_CHUNK = 16
+
+
+def resize_operator(size: int, factors: list[int], crop: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """(out_size, size) matrix of the mask chain along one axis: aligned_bilinear by each factor, crop to ``crop``,
+    bilinear resize to ``out_size``."""
+    basis = torch.eye(size, device=device).view(size, 1, size, 1)  # one basis vector per batch entry
+    for factor in factors:
+        basis = aligned_bilinear(basis, factor)[..., :1]
+    basis = basis[:, :, :crop]
+    basis = F.interpolate(basis, size=(out_size, 1), mode="bilinear", align_corners=False)
+    return basis[:, 0, :, 0].t().contiguous()
+
+
+def paste_masks(probabilities: torch.Tensor, factors: list[int], crop_size: tuple[int, int],
+                output_size: tuple[int, int], threshold: float) -> torch.Tensor:
+    """(K, h, w) probabilities -> (K, out_h, out_w) bool masks through the chain described above."""
+    num, height, width = probabilities.shape
+    out_h, out_w = output_size
+    if num == 0:
+        return torch.zeros((0, out_h, out_w), dtype=torch.bool, device=probabilities.device)
+    rows = resize_operator(height, factors, crop_size[0], out_h, probabilities.device)  # (out_h, h)
+    cols = resize_operator(width, factors, crop_size[1], out_w, probabilities.device).t()  # (w, out_w)
+    masks = torch.empty((num, out_h, out_w), dtype=torch.bool, device=probabilities.device)
+    for start in range(0, num, MASK_CHUNK):
+        chunk = probabilities[start:start + MASK_CHUNK].float()
+        masks[start:start + MASK_CHUNK] = torch.matmul(rows, torch.matmul(chunk, cols)) > threshold
+    return masks
+
 
 def postprocess(results: Instances, output_height: int, output_width: int, padded_size: tuple[int, int],
-                mask_threshold: float = 0.5) -> Instances:
+                mask_threshold: float = 0.5, mask_out_stride: int = 4) -> Instances:
     """Rescale one image's detections to (output_height, output_width).
 
     Args:
         results: Instances whose ``image_size`` is the resized, unpadded network input (h, w), with
-            ``pred_boxes`` and optionally ``pred_global_masks`` (K, 1, H_pad/4, W_pad/4) probabilities.
+            ``pred_boxes`` and optionally ``mask_probs`` (K, H_pad/s, W_pad/s) coupling probabilities.
         padded_size: (H_pad, W_pad) of the padded network input.
+        mask_out_stride: MODEL.EMBEDMASK.MASK_OUT_STRIDE, the stride of the first upsampling.
 
     Returns:
         new Instances of size (output_height, output_width); detections whose box becomes empty are dropped;
-        ``pred_masks`` (K, output_height, output_width) float 0/1 when masks were given.
+        ``pred_masks`` (K, output_height, output_width) bool when probabilities were given.
     """
     resized_h, resized_w = results.image_size
     scale_x, scale_y = output_width / resized_w, output_height / resized_h
@@ -33,12 +71,19 @@ def postprocess(results: Instances, output_height: int, output_width: int, padde
     boxes.clip(results.image_size)
     results = results[boxes.nonempty()]
 
-    if results.has("pred_global_masks"):
-        masks = results.pred_global_masks
-        factor_h, factor_w = padded_size[0] // masks.shape[-2], padded_size[1] // masks.shape[-1]
-        if factor_h != factor_w:
-            raise ValueError(f"mask size {tuple(masks.shape[-2:])} is not a uniform downscale of {padded_size}")
-        masks = aligned_bilinear(masks, factor_h)[:, :, :resized_h, :resized_w]
-        masks = F.interpolate(masks, size=(output_height, output_width), mode="bilinear", align_corners=False)
-        results.pred_masks = (masks[:, 0] > mask_threshold).float()
+    if results.has("mask_probs"):
+        probabilities = results.mask_probs
+        factors = mask_factors(probabilities.shape[-2:], padded_size, mask_out_stride)
+        results.pred_masks = paste_masks(probabilities, factors, (resized_h, resized_w),
+                                         (output_height, output_width), mask_threshold)
     return results
+
+
+def mask_factors(mask_size: tuple[int, int], padded_size: tuple[int, int], mask_out_stride: int = 4) -> list[int]:
+    """The official two upsamplings: to MASK_OUT_STRIDE, then to the padded input size."""
+    stride_h, stride_w = padded_size[0] // mask_size[0], padded_size[1] // mask_size[1]
+    if stride_h != stride_w or stride_h * mask_size[0] != padded_size[0] or stride_w * mask_size[1] != padded_size[1]:
+        raise ValueError(f"mask size {tuple(mask_size)} is not a uniform downscale of {tuple(padded_size)}")
+    if stride_h % mask_out_stride:
+        return [stride_h]
+    return [factor for factor in (stride_h // mask_out_stride, mask_out_stride) if factor > 1]
