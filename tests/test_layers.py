@@ -133,3 +133,20 @@ def test_folding_frozen_batchnorm_keeps_the_outputs(tiny_model):
     folded = resnet(x)
     for key in expected:
         assert torch.allclose(folded[key], expected[key], rtol=1e-4, atol=1e-5)
+
+
+def test_no_grad_coupling_matches_the_reference():
+    from adet.layers.coupling import mask_probability_no_grad, mask_probability_reference
+
+    torch.manual_seed(0)
+    pixels = torch.randn(3, 16, 20, 30) * 4  # spatial-like magnitudes: cancellation would show in float32
+    embeddings = torch.randn(25, 16) * 4
+    margins = torch.rand(25, 16) * 2 + 0.05
+    images = torch.randint(0, 3, (25,))
+    expected = mask_probability_reference(pixels, embeddings, margins, images)
+    got = mask_probability_no_grad(pixels, embeddings, margins, images)
+    assert got.dtype == torch.float32 and torch.allclose(got, expected, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # the public entry point takes this route when no gradient is needed
+        assert torch.allclose(mask_probability(pixels, embeddings, margins, images), expected, rtol=1e-5, atol=1e-7)
+    pixels.requires_grad_()
+    assert mask_probability(pixels, embeddings, margins, images).requires_grad

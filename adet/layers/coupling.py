@@ -5,7 +5,8 @@
 Every proposal is scored against every pixel of its image's embedding map: no box crop, no fill value. Training and
 inference both call :func:`mask_probability`. On CUDA tensors it runs a fused kernel (forward and backward, no
 (P, D, H, W) intermediate; ``csrc/``), compiled on first use; everywhere else, and whenever the kernel cannot be
-built, the PyTorch reference :func:`mask_probability_reference`. Probabilities are computed in float32 (float64 for
+built, the PyTorch reference :func:`mask_probability_reference`, or, when no gradient is needed, its matrix-product
+form :func:`mask_probability_no_grad`. Probabilities are computed in float32 (float64 for
 float64 inputs) whatever the input precision: in half precision exp(-distance) loses the tails that rank masks.
 """
 
@@ -52,6 +53,25 @@ def mask_probability_reference(pixel_embeddings: torch.Tensor, proposal_embeddin
     margins = proposal_margins.view(num_proposals, 1, 1, dim).expand(-1, height, width, -1)
     squared_distance = (pixels - proposals) ** 2
     return torch.exp(-torch.sum(squared_distance * margins, dim=3))
+
+
+def mask_probability_no_grad(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
+                             proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
+    """The same probabilities for inference, without (P, H, W, D) intermediates: per image,
+    sum_d m (e - q)^2 = m . e^2 - 2 (m q) . e + m . q^2 as three matrix products, in float64 so the expansion
+    loses nothing to cancellation (agrees with the reference to float32 rounding)."""
+    num_images, dim, height, width = pixel_embeddings.shape
+    out_dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
+    pixels = pixel_embeddings.reshape(num_images, dim, height * width).double()  # (N, D, HW)
+    embeddings, margins = proposal_embeddings.double(), proposal_margins.double()
+    out = pixel_embeddings.new_empty((len(embeddings), height, width), dtype=out_dtype)
+    for image in image_indices.unique().tolist():
+        rows = (image_indices == image).nonzero().squeeze(1)
+        m, q = margins[rows], embeddings[rows]  # (P_i, D)
+        x = pixels[image]
+        distance = m @ (x * x) - 2 * (m * q) @ x + (m * q * q).sum(dim=1, keepdim=True)  # (P_i, HW)
+        out[rows] = torch.exp(-distance).view(-1, height, width).to(out_dtype)
+    return out
 
 
 def load_extension(verbose: bool = False):
@@ -143,4 +163,8 @@ def mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.
     if (pixel_embeddings.is_cuda and pixel_embeddings.shape[1] <= 64 and len(proposal_embeddings) > 0
             and fused_kernel_available()):
         return FusedCoupling.apply(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices.long())
+    needs_grad = torch.is_grad_enabled() and any(
+        t.requires_grad for t in (pixel_embeddings, proposal_embeddings, proposal_margins))
+    if not needs_grad:
+        return mask_probability_no_grad(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
     return mask_probability_reference(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)

@@ -76,10 +76,16 @@ def build_model(cfg) -> nn.Module:
     return model.to(resolve_device(cfg.MODEL.DEVICE))
 
 
-def prepare_for_inference(model: nn.Module) -> nn.Module:
-    """Eval mode, and the frozen BatchNorms folded into their convolutions (one op less per conv; results equal
-    up to float rounding). For models that only predict: checkpoints cannot be loaded into it afterwards."""
+def prepare_for_inference(model: nn.Module, channels_last: bool | None = None) -> nn.Module:
+    """Eval mode, frozen BatchNorms folded into their convolutions (one op less per conv), and on the CPU the
+    channels-last memory format that oneDNN's convolutions run fastest in. Results equal up to float rounding.
+    For models that only predict: checkpoints cannot be loaded into them afterwards."""
     model.eval()
     folded = fold_frozen_batchnorm(model)
-    logger.debug("Folded %d frozen BatchNorms into convolutions", folded)
+    if channels_last is None:
+        channels_last = model.device.type == "cpu"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+        model.input_memory_format = torch.channels_last
+    logger.debug("Folded %d frozen BatchNorms into convolutions; channels-last: %s", folded, channels_last)
     return model

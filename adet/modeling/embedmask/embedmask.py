@@ -62,6 +62,8 @@ class EmbedMask(nn.Module):
         self.mask_loss_alpha = mask_loss_alpha
         # Class names of the data the weights were trained on; saved in our checkpoints for the demo's labels.
         self.class_names: list[str] | None = None
+        # channels_last after prepare_for_inference on the CPU.
+        self.input_memory_format = torch.contiguous_format
 
     @property
     def device(self) -> torch.device:
@@ -70,7 +72,9 @@ class EmbedMask(nn.Module):
     def preprocess(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """Normalise each image, then zero-pad the batch (in normalised space) to a multiple of 32."""
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
-        return ImageList.from_tensors(images, self.backbone.size_divisibility)
+        images = ImageList.from_tensors(images, self.backbone.size_divisibility)
+        images.tensor = images.tensor.contiguous(memory_format=self.input_memory_format)
+        return images
 
     def forward(self, batched_inputs: list[dict[str, Any]], do_postprocess: bool = True):
         """Losses in training; in eval, per-image results (``do_postprocess=False``: raw detections at network
