@@ -72,3 +72,43 @@ def test_kernel_compiles_with_nvcc(monkeypatch):
         monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"))
     module = load_extension()
     assert callable(module.forward) and callable(module.backward)
+
+
+class _KernelStandIn:
+    """The compiled module's contract (float accumulation, probabilities returned for backward, gradients in the
+    input dtypes), written in PyTorch, to test FusedCoupling's autograd plumbing on any machine."""
+
+    @staticmethod
+    def forward(pixels, embeds, margins, images):
+        acc = torch.float64 if pixels.dtype == torch.float64 else torch.float32
+        return mask_probability_reference(pixels.to(acc), embeds.to(acc), margins.to(acc), images)
+
+    @staticmethod
+    def backward(grad_out, prob, pixels, embeds, margins, images):
+        acc = prob.dtype
+        x = pixels.to(acc).permute(0, 2, 3, 1)[images]  # (P, H, W, D)
+        diff = x - embeds.to(acc)[:, None, None, :]
+        w = (grad_out * prob)[..., None]
+        grad_x_per_proposal = -2 * w * margins.to(acc)[:, None, None, :] * diff
+        grad_pixels = torch.zeros_like(pixels, dtype=acc).permute(0, 2, 3, 1).index_add(0, images, grad_x_per_proposal)
+        grad_embeds = 2 * margins.to(acc) * (w * diff).sum(dim=(1, 2))
+        grad_margins = -(w * diff * diff).sum(dim=(1, 2))
+        return [grad_pixels.permute(0, 3, 1, 2).to(pixels.dtype), grad_embeds.to(embeds.dtype),
+                grad_margins.to(margins.dtype)]
+
+
+def test_fused_function_plumbing_with_a_stand_in_kernel(monkeypatch):
+    import adet.layers.coupling as coupling
+
+    monkeypatch.setattr(coupling, "_extension", _KernelStandIn)
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
+    feats = torch.randn(6, 8, dtype=torch.float64)
+    feats[:, 4:] = feats[:, 4:].abs() + 0.1
+    feats.requires_grad_()
+    images = torch.tensor([0, 1, 1, 0, 1, 0])
+    assert torch.autograd.gradcheck(lambda p, f: FusedCoupling.apply(p, f[:, :4], f[:, 4:], images), (pixels, feats))
+    half = pixels.detach().half().requires_grad_()
+    out = FusedCoupling.apply(half, feats[:, :4], feats[:, 4:], images)
+    out.sum().backward()
+    assert out.dtype == torch.float32 and half.grad.dtype == torch.float16 and feats.grad.dtype == torch.float64

@@ -190,3 +190,21 @@ def _is_spawned_child(pid: int, parent: int) -> bool:
             return ppid == parent and "spawn_main" in f.read()
     except (OSError, IndexError, ValueError):
         return False
+
+
+@pytest.mark.slow
+def test_torchrun_launch(tiny_data, tmp_path):
+    import shutil
+
+    torchrun = shutil.which("torchrun")
+    if torchrun is None:
+        pytest.skip("torchrun is not on PATH")
+    output_dir = tmp_path / "torchrun"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run([torchrun, "--nproc_per_node", "2", TRAIN_NET,
+                           *tiny_train_args(tiny_data, output_dir, "SOLVER.MAX_ITER", "2", "MODEL.DEVICE", "cpu")],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    log = open(output_dir / "log.txt").read()
+    assert "Rank 0 of 2" in log and (output_dir / "log.txt.rank1").exists()
+    assert sorted(read_losses(output_dir)) == [0, 1] and (output_dir / "model_final.pth").exists()
