@@ -22,7 +22,24 @@ def shortest_edge_size(height: int, width: int, short_edge: int, max_size: int) 
     return int(new_h + 0.5), int(new_w + 0.5)
 
 
-class ResizeTransform:
+class GeometricTransform:
+    """Boxes and polygons follow from ``apply_coords`` (a (K, 2) array of x, y points)."""
+
+    def apply_coords(self, coords: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def apply_box(self, boxes: np.ndarray) -> np.ndarray:
+        """(N, 4) XYXY boxes -> the axis-aligned boxes around their transformed corners."""
+        boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        corners = boxes[:, [0, 1, 2, 1, 0, 3, 2, 3]].reshape(-1, 2)
+        corners = self.apply_coords(corners).reshape(-1, 4, 2)
+        return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
+
+    def apply_polygons(self, polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
+        return [self.apply_coords(np.asarray(p).reshape(-1, 2)).reshape(-1) for p in polygons]
+
+
+class ResizeTransform(GeometricTransform):
     """Resize from (h, w) to (new_h, new_w). uint8 images go through PIL's bilinear filter (anti-aliased when
     shrinking), which is what the official models saw."""
 
@@ -46,18 +63,12 @@ class ResizeTransform:
         coords[:, 1] *= self.new_h * 1.0 / self.h
         return coords
 
-    def apply_box(self, boxes: np.ndarray) -> np.ndarray:
-        return _transform_boxes(self, boxes)
-
-    def apply_polygons(self, polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [self.apply_coords(np.asarray(p).reshape(-1, 2)).reshape(-1) for p in polygons]
-
     def apply_segmentation(self, mask: np.ndarray) -> np.ndarray:
         """A (h, w) label or 0/1 mask, resized with nearest neighbour."""
         return np.asarray(Image.fromarray(mask).resize((self.new_w, self.new_h), Image.NEAREST))
 
 
-class HFlipTransform:
+class HFlipTransform(GeometricTransform):
     """Mirror left-right an image of the given width: x' = width - x (no -1: coordinates are continuous)."""
 
     def __init__(self, width: int):
@@ -70,12 +81,6 @@ class HFlipTransform:
         coords = np.asarray(coords, dtype=np.float64).copy()
         coords[:, 0] = self.width - coords[:, 0]
         return coords
-
-    def apply_box(self, boxes: np.ndarray) -> np.ndarray:
-        return _transform_boxes(self, boxes)
-
-    def apply_polygons(self, polygons: Sequence[np.ndarray]) -> list[np.ndarray]:
-        return [self.apply_coords(np.asarray(p).reshape(-1, 2)).reshape(-1) for p in polygons]
 
     def apply_segmentation(self, mask: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(mask[:, ::-1])
@@ -97,14 +102,6 @@ class TransformList:
             return x
 
         return apply
-
-
-def _transform_boxes(transform, boxes: np.ndarray) -> np.ndarray:
-    """(N, 4) XYXY boxes -> the axis-aligned boxes around their transformed corners."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    corners = boxes[:, [0, 1, 2, 1, 0, 3, 2, 3]].reshape(-1, 2)
-    corners = transform.apply_coords(corners).reshape(-1, 4, 2)
-    return np.concatenate([corners.min(axis=1), corners.max(axis=1)], axis=1)
 
 
 class ResizeShortestEdge:
