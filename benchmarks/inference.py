@@ -8,6 +8,7 @@ EmbedMask runs with the official R-50 architecture and deterministic weights (te
 or a given checkpoint; Mask R-CNN with random weights, score threshold 0 and 100 detections per image.
 
     python benchmarks/inference.py                       # CPU, 2 threads, demo/images
+    python benchmarks/inference.py --input-size 800x1333 # the same images resized to exactly 800x1333 first
     python benchmarks/inference.py --device cuda --runs 20
 """
 
@@ -26,11 +27,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
-def load_images(folder: str) -> list:
+def load_images(folder: str, input_size: str = "") -> list:
     import cv2
 
     names = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))
-    return [cv2.imread(os.path.join(folder, n), cv2.IMREAD_COLOR) for n in names]
+    images = [cv2.imread(os.path.join(folder, n), cv2.IMREAD_COLOR) for n in names]
+    if input_size:
+        # An 800x1333 original passes both models' test-time resize (shortest edge 800, longest <= 1333) unchanged.
+        height, width = (int(v) for v in input_size.lower().split("x"))
+        images = [cv2.resize(image, (width, height), interpolation=cv2.INTER_LINEAR) for image in images]
+    return images
 
 
 def sync(device: str) -> None:
@@ -114,7 +120,7 @@ def worker(args) -> None:
     import torch
 
     torch.set_num_threads(args.threads)
-    images = load_images(args.images)
+    images = load_images(args.images, args.input_size)
     run = {"embedmask": embedmask_runner, "maskrcnn": maskrcnn_runner}[args.worker](args)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -136,6 +142,8 @@ def worker(args) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default=os.path.join(ROOT, "demo", "images"))
+    parser.add_argument("--input-size", default="", metavar="HxW",
+                        help="resize every image to HxW before timing (e.g. 800x1333); default: as stored")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=4, help="timed images per model (after one warm-up)")
@@ -150,7 +158,7 @@ def main() -> None:
     for name in ("embedmask", "maskrcnn"):
         command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--images", args.images,
                    "--device", args.device, "--threads", str(args.threads), "--runs", str(args.runs),
-                   "--weights", args.weights]
+                   "--weights", args.weights, "--input-size", args.input_size]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -159,7 +167,8 @@ def main() -> None:
         rows.append(json.loads(line[len("RESULT "):]))
     import torch
 
-    print(f"device: {args.device}, threads: {args.threads}, torch {torch.__version__}, images: {args.images}, "
+    size = f" resized to {args.input_size}" if args.input_size else ""
+    print(f"device: {args.device}, threads: {args.threads}, torch {torch.__version__}, images: {args.images}{size}, "
           f"{args.runs} timed runs each")
     memory = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     header = f"{'model':<28}{'preprocess':>12}{'model':>10}{'postproc':>10}{'total s/img':>13}{'dets':>7}" \

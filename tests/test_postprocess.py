@@ -40,3 +40,35 @@ def test_mask_factors():
     assert mask_factors((50, 76), (800, 1216), mask_out_stride=4) == [4, 4]
     with pytest.raises(ValueError, match="uniform"):
         mask_factors((100, 150), (800, 1216))
+
+
+def test_resize_operator_interpolates():
+    # paste_masks skips output pixels whose inputs are all below the threshold: sound only for convex combinations.
+    op = resize_operator(13, [2, 4], 100, 211, torch.device("cpu"))
+    assert (op >= 0).all()
+    assert torch.allclose(op.sum(1), torch.ones(211), atol=1e-6)
+
+
+def test_localized_masks_equal_the_official_chain():
+    # Object-like masks: blobs in a small part of the map, one mask entirely below the threshold, one touching a
+    # corner, so the per-mask output rectangle is what the result depends on.
+    torch.manual_seed(1)
+    yy, xx = torch.meshgrid(torch.arange(13.0), torch.arange(19.0), indexing="ij")
+    centers = torch.tensor([[3.0, 4.0], [9.5, 15.0], [0.0, 0.0], [12.0, 18.0], [6.0, 9.0]])
+    radii = torch.tensor([1.5, 2.5, 1.0, 3.0, 0.7])
+    squared_distance = (yy - centers[:, :1, None]) ** 2 + (xx - centers[:, 1:, None]) ** 2
+    probs = torch.exp(-squared_distance / radii[:, None, None] ** 2)
+    probs[4] *= 0.45  # never above 0.5: an empty mask
+    out_size = (211, 300)
+    expected = official_chain(probs, (100, 150), out_size) > 0.5
+    masks = paste_masks(probs, [2, 4], (100, 150), out_size, 0.5)
+    assert (masks == expected).all()
+    assert not masks[4].any()
+    assert masks[2, 0, 0] and masks[3, -1, -1]
+    assert masks[0].sum() < 0.05 * 211 * 300  # localized indeed
+
+
+def test_non_positive_threshold_keeps_every_pixel_reachable():
+    probs = torch.zeros(2, 13, 19)
+    assert paste_masks(probs, [2, 4], (100, 150), (50, 60), -0.1).all()
+    assert not paste_masks(probs, [2, 4], (100, 150), (50, 60), 0.0).any()

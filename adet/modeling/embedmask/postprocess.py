@@ -5,9 +5,9 @@ stride (8) -> aligned_bilinear x2 (stride 4) -> aligned_bilinear x4 (padded inpu
 -> bilinear resize (align_corners=False) to the original size -> > 0.5.
 
 Every step of that chain is linear and acts on rows and columns separately, so it equals ``A_y @ P @ A_x^T`` for two
-small matrices, which are built by running the very same torch ops on identity bases. Two matrix products per mask
-replace ~10^8-element intermediates at full resolution: same masks (up to float rounding at exactly 0.5), a fraction
-of the time and memory.
+small matrices, which are built by running the very same torch ops on identity bases. Two matrix products per mask,
+over the part of the image the mask can reach, replace ~10^8-element intermediates at full resolution: same masks (up
+to float rounding at exactly 0.5), a fraction of the time and memory.
 """
 
 from __future__ import annotations
@@ -18,13 +18,10 @@ import torch.nn.functional as F
 from adet.layers import aligned_bilinear
 from adet.structures import Instances
 
-# Masks are produced this many detections at a time, bounding the float intermediates.
-MASK_CHUNK = 16
-
 
 def resize_operator(size: int, factors: list[int], crop: int, out_size: int, device: torch.device) -> torch.Tensor:
     """(out_size, size) matrix of the mask chain along one axis: aligned_bilinear by each factor, crop to ``crop``,
-    bilinear resize to ``out_size``."""
+    bilinear resize to ``out_size``. Its entries are >= 0 and each row sums to 1 (every step interpolates)."""
     basis = torch.eye(size, device=device).view(size, 1, size, 1)  # one basis vector per batch entry
     for factor in factors:
         basis = aligned_bilinear(basis, factor)[..., :1]
@@ -33,19 +30,43 @@ def resize_operator(size: int, factors: list[int], crop: int, out_size: int, dev
     return basis[:, 0, :, 0].t().contiguous()
 
 
+def reach(inputs_above: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:
+    """(K, n) inputs above the threshold, (out, n) operator -> (K, 2) first and last output index they reach
+    (first > last when none)."""
+    touched = (inputs_above.float() @ (operator != 0).float().t()) > 0  # (K, out)
+    out = touched.shape[1]
+    first = touched.float().argmax(1)
+    last = out - 1 - touched.flip(1).float().argmax(1)
+    none = ~touched.any(1)
+    return torch.stack([first.masked_fill(none, out), last.masked_fill(none, -1)], 1)
+
+
 def paste_masks(probabilities: torch.Tensor, factors: list[int], crop_size: tuple[int, int],
                 output_size: tuple[int, int], threshold: float) -> torch.Tensor:
-    """(K, h, w) probabilities -> (K, out_h, out_w) bool masks through the chain described above."""
+    """(K, h, w) probabilities -> (K, out_h, out_w) bool masks through the chain described above.
+
+    Each output pixel is a convex combination of the inputs in its support, so it can pass a positive threshold only
+    if one of those inputs does: each mask is computed only over the output rectangle that its inputs above the
+    threshold reach (1e-6 below it, for rounding), and is False elsewhere. Objects cover a small part of the image,
+    so this skips most of the work.
+    """
     num, height, width = probabilities.shape
     out_h, out_w = output_size
+    masks = torch.zeros((num, out_h, out_w), dtype=torch.bool, device=probabilities.device)
     if num == 0:
-        return torch.zeros((0, out_h, out_w), dtype=torch.bool, device=probabilities.device)
+        return masks
     rows = resize_operator(height, factors, crop_size[0], out_h, probabilities.device)  # (out_h, h)
-    cols = resize_operator(width, factors, crop_size[1], out_w, probabilities.device).t()  # (w, out_w)
-    masks = torch.empty((num, out_h, out_w), dtype=torch.bool, device=probabilities.device)
-    for start in range(0, num, MASK_CHUNK):
-        chunk = probabilities[start:start + MASK_CHUNK].float()
-        masks[start:start + MASK_CHUNK] = torch.matmul(rows, torch.matmul(chunk, cols)) > threshold
+    cols = resize_operator(width, factors, crop_size[1], out_w, probabilities.device)  # (out_w, w)
+    probabilities = probabilities.float()
+    if threshold <= 0:  # any output pixel may pass
+        return torch.matmul(rows, torch.matmul(probabilities, cols.t())) > threshold
+    above = probabilities > threshold - 1e-6
+    row_ranges = reach(above.any(2), rows).tolist()
+    col_ranges = reach(above.any(1), cols).tolist()
+    for index, ((y0, y1), (x0, x1)) in enumerate(zip(row_ranges, col_ranges)):
+        if y0 <= y1 and x0 <= x1:
+            region = rows[y0:y1 + 1] @ probabilities[index] @ cols[x0:x1 + 1].t()
+            masks[index, y0:y1 + 1, x0:x1 + 1] = region > threshold
     return masks
 
 
