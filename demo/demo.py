@@ -135,7 +135,8 @@ def run_on_images(predictor: DefaultPredictor, paths: list[str], output: str, cl
         seconds = time.perf_counter() - start
         results.add(index, path, instances)
         if bar.disable:
-            print(f"{path}: {len(instances)} instances in {seconds:.2f}s", flush=True)
+            noun = "instance" if len(instances) == 1 else "instances"
+            print(f"{path}: {len(instances)} {noun} in {seconds:.2f}s", flush=True)
         else:
             bar.set_description(os.path.basename(path))
             bar.set_postfix_str(f"{seconds:.2f}s/img")
