@@ -11,7 +11,6 @@ next to the same numbers for a peer: the untrained model (iteration 0) evaluated
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ def main() -> None:
     from adet.engine.defaults import setup_logger
     from adet.engine.evaluate import evaluate_datasets
     from adet.engine.trainer import build_training, run_training
+    from adet.utils.plots import read_metrics
 
     cfg = get_cfg()
     cfg.merge_from_file(args.config_file)
@@ -57,9 +57,7 @@ def main() -> None:
     results = run_training(state, log_period=20)[cfg.DATASETS.TEST[0]]
     wall = time.perf_counter() - start
 
-    with open(os.path.join(args.output, "metrics.json")) as f:
-        records = [json.loads(line) for line in f]
-    losses = [r for r in records if "total_loss" in r]
+    losses = [r for r in read_metrics(os.path.join(args.output, "metrics.json")) if "total_loss" in r]
     times = [r["time"] for r in losses[1:]]
     third = max(len(losses) // 3, 1)
 

@@ -64,5 +64,6 @@ def test_scale_for_world_size_is_detectron2s_linear_rule():
     assert scaled.SOLVER.IMS_PER_BATCH == 8 and scaled.SOLVER.BASE_LR == pytest.approx(0.005)
     assert scaled.SOLVER.MAX_ITER == 180000 and tuple(scaled.SOLVER.STEPS) == (120000, 160000)
     assert scaled.SOLVER.WARMUP_ITERS == 2000 and scaled.SOLVER.REFERENCE_WORLD_SIZE == 4
-    assert scale_for_world_size(get_cfg(), 4) is not None and get_cfg().SOLVER.REFERENCE_WORLD_SIZE == 0
+    unscaled = get_cfg()  # REFERENCE_WORLD_SIZE 0: the rescaling is off and the config comes back as it was
+    assert scale_for_world_size(unscaled, 4) is unscaled and unscaled.SOLVER.IMS_PER_BATCH == 16
     assert cfg.SOLVER.IMS_PER_BATCH == 16  # the input config is untouched

@@ -76,11 +76,11 @@ def main(argv: list[str] | None = None) -> None:
     if not args.retrain and cached_model_matches(cfg):
         print(f"Reusing {os.path.relpath(CACHED_MODEL, ROOT)} (pass --retrain to train again)")
         from adet.checkpoint import DetectionCheckpointer
-        from adet.modeling import build_model
+        from adet.modeling import build_model, prepare_for_inference
 
         model = build_model(cfg)
         DetectionCheckpointer(model).load(CACHED_MODEL)
-        results = evaluate_datasets(cfg, model)
+        results = evaluate_datasets(cfg, prepare_for_inference(model))
     else:
         print(f"Training {os.path.relpath(CONFIG, ROOT)} on the synthetic shapes ({cfg.SOLVER.MAX_ITER} iterations)")
         # A fresh run: an old run's checkpoints in the folder would otherwise be taken for a resume point.

@@ -11,7 +11,7 @@ import torch.utils.data as torchdata
 from adet.utils.comm import get_rank, get_world_size
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .coco import BoxMode
+from .coco import xywh_box
 from .image_io import ImageReadError
 from .mapper import DatasetMapper
 from .samplers import InferenceSampler, TrainingBatchSampler
@@ -34,9 +34,7 @@ def clean_annotations(record: dict, counts: dict[str, int]) -> dict:
     and polygons of zero area (an instance left without polygons goes too). ``counts`` tallies the reasons."""
     kept = []
     for obj in record.get("annotations", []):
-        x, y, w, h = obj["bbox"]
-        if obj.get("bbox_mode", BoxMode.XYWH_ABS) == BoxMode.XYXY_ABS:
-            w, h = w - x, h - y
+        x, y, w, h = xywh_box(obj)
         if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
             counts["zero-area or invalid boxes"] += 1
             continue

@@ -19,6 +19,14 @@ class BoxMode(IntEnum):
     XYWH_ABS = 1
 
 
+def xywh_box(obj: dict) -> list[float]:
+    """An annotation's ``bbox`` as [x, y, width, height], whatever its ``bbox_mode``."""
+    x, y, a, b = obj["bbox"]
+    if obj.get("bbox_mode", BoxMode.XYWH_ABS) == BoxMode.XYXY_ABS:
+        return [x, y, a - x, b - y]
+    return [x, y, a, b]
+
+
 class DatasetError(ValueError):
     """A dataset file or folder that cannot be used; the message names it."""
 

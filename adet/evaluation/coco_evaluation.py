@@ -15,7 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from adet.data.catalog import DatasetCatalog, MetadataCatalog
-from adet.data.coco import BoxMode
+from adet.data.coco import xywh_box
 from adet.structures import Instances
 from adet.utils.comm import all_gather, is_main_process, synchronize
 
@@ -58,9 +58,7 @@ def dataset_to_coco_dict(dataset_name: str) -> dict:
         images.append({"id": record["image_id"], "width": record["width"], "height": record["height"],
                        "file_name": record["file_name"]})
         for obj in record.get("annotations", []):
-            x, y, w, h = obj["bbox"]
-            if obj.get("bbox_mode", BoxMode.XYWH_ABS) == BoxMode.XYXY_ABS:
-                w, h = w - x, h - y
+            x, y, w, h = xywh_box(obj)
             ann = {"id": len(annotations) + 1, "image_id": record["image_id"], "bbox": [x, y, w, h],
                    "category_id": to_dataset_id.get(obj["category_id"], obj["category_id"]),
                    "iscrowd": obj.get("iscrowd", 0), "area": float(w * h)}

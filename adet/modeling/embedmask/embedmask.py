@@ -104,8 +104,8 @@ class EmbedMask(nn.Module):
     # ---- masks -------------------------------------------------------------------------------------------------------
     def coupling(self, pixel_embeddings: torch.Tensor, top_feats: torch.Tensor, image_indices: torch.Tensor
                  ) -> torch.Tensor:
-        """(P, H/8, W/8) coupling probabilities at the pixel embeddings' stride, always in float32 (in half
-        precision exp(-distance) loses the tails that rank and threshold masks)."""
+        """(P, H/8, W/8) coupling probabilities at the pixel embeddings' stride, in float32 also under autocast
+        (in half precision exp(-distance) loses the tails that rank and threshold masks)."""
         dim = pixel_embeddings.shape[1]
         with torch.autocast(pixel_embeddings.device.type, enabled=False):
             return mask_probability(pixel_embeddings, top_feats[:, :dim], top_feats[:, dim:], image_indices)
@@ -182,9 +182,7 @@ class EmbedMask(nn.Module):
         """Adds ``mask_probs`` (K, H_pad/8, W_pad/8), the coupling probabilities, to each image's detections."""
         for image_index, instances in enumerate(detections):
             image_indices = torch.full((len(instances),), image_index, dtype=torch.long, device=self.device)
-            top_feat = instances.top_feat if len(instances) else pixel_embeddings.new_zeros(
-                (0, 2 * pixel_embeddings.shape[1]))
-            instances.mask_probs = self.coupling(pixel_embeddings, top_feat, image_indices)
+            instances.mask_probs = self.coupling(pixel_embeddings, instances.top_feat, image_indices)
         return detections
 
     def postprocess_results(self, detections: list[Instances], batched_inputs: list[dict[str, Any]],
