@@ -94,6 +94,24 @@ def _run(args, **kwargs):
                             text=True, env=env, **kwargs)
 
 
+def test_initial_weights_follow_the_seed_not_the_callers_rng(tiny_data, tmp_path):
+    from adet.engine.defaults import register_datasets_from_args
+    from adet.engine.trainer import build_training
+
+    register_datasets_from_args([tiny_data["dataset"]])
+
+    def initial_weights(seed, caller_rng):
+        cfg = make_tiny_cfg("MODEL.FCOS.NUM_CLASSES", 4, "SEED", seed, "DATALOADER.NUM_WORKERS", 0,
+                            "DATASETS.TRAIN", ("shapes",), "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path / "out"))
+        torch.manual_seed(caller_rng)
+        return build_training(cfg).model.state_dict()
+
+    first, again, other = initial_weights(3, 100), initial_weights(3, 200), initial_weights(4, 100)
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    head = "proposal_generator.fcos_head.cls_logits.weight"
+    assert not torch.equal(first[head], other[head])
+
+
 @pytest.mark.slow
 def test_resume_after_sigkill_continues_the_same_loss_sequence(tiny_data, tmp_path):
     extra = ("SOLVER.MAX_ITER", "12", "SOLVER.CHECKPOINT_PERIOD", "4")

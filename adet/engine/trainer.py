@@ -1,7 +1,8 @@
 """The training loop: one function a reader can hold in their head.
 
-Every iteration's randomness (data order, augmentation, proposal sampling) is derived from (seed, iteration), so a
-run resumed from a checkpoint produces the same losses as one that never stopped.
+The initial weights follow from the seed, and every iteration's randomness (data order, augmentation, proposal
+sampling) from (seed, iteration): a run with SEED >= 0 is repeatable, and one resumed from a checkpoint produces the
+same losses as one that never stopped.
 """
 
 from __future__ import annotations
@@ -103,6 +104,9 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     optimizer, schedule, iteration and data order) or initialised from MODEL.WEIGHTS."""
     world_size = comm.get_world_size()
     cfg = scale_for_world_size(cfg, world_size)
+    seed = shared_seed(cfg.SEED)
+    # The initial weights too are a function of the seed, whoever calls this (train_net, quickstart, benchmarks).
+    torch.manual_seed(seed)
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
@@ -119,7 +123,7 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
         logger.info("Resuming from %s at iteration %d", checkpointer.get_checkpoint_file(), start_iter)
     else:
         checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
-        start_iter, seed = 0, shared_seed(cfg.SEED)
+        start_iter = 0
     loader = build_detection_train_loader(cfg, seed, start_iter)
     model.class_names = class_names_of(cfg)
     train_model = model
