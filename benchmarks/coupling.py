@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from adet.layers.coupling import FusedCoupling, fused_kernel_available, mask_probability_reference  # noqa: E402
+from adet.layers.coupling import mask_probability_reference  # noqa: E402
+from adet.layers.coupling_fused import FusedCoupling, fused_kernel_available, load_cuda_extension  # noqa: E402
 
 
 def make_inputs(num_proposals: int, device: str, height: int = 200, width: int = 304, dim: int = 16):
@@ -61,6 +62,29 @@ def measure(fn, inputs, backward: bool, repeat: int, device: str) -> tuple[float
     return sorted(times)[len(times) // 2], peak
 
 
+def run(device: str, repeat: int, proposals: tuple[int, ...] = (100, 500), height: int = 200, width: int = 304
+        ) -> list[dict]:
+    """One row per (proposals, pass, path): seconds, peak MiB (GPU only) and the ratios against the dense path."""
+    paths = {"dense PyTorch": mask_probability_reference}
+    if device == "cuda":
+        if not fused_kernel_available():
+            raise RuntimeError("the fused kernel could not be built on this machine")
+        module = load_cuda_extension()
+        paths["fused CUDA"] = lambda *inputs: FusedCoupling.apply(module, *inputs)
+    rows = []
+    for num_proposals in proposals:
+        inputs = make_inputs(num_proposals, device, height, width)
+        for backward in (False, True):
+            measured = {k: measure(fn, inputs, backward, repeat, device) for k, fn in paths.items()}
+            dense_time, dense_mem = measured["dense PyTorch"]
+            for path, (seconds, peak) in measured.items():
+                rows.append({"proposals": num_proposals, "pass": "fwd+bwd" if backward else "forward", "path": path,
+                             "seconds": seconds, "peak_mib": peak, "speedup": dense_time / seconds,
+                             "memory_ratio": peak / dense_mem if dense_mem == dense_mem and dense_mem > 0
+                             else float("nan")})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -68,24 +92,16 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    paths = {"dense PyTorch": mask_probability_reference}
-    if args.device == "cuda":
-        if not fused_kernel_available():
-            sys.exit("the fused kernel could not be built on this machine")
-        paths["fused CUDA"] = FusedCoupling.apply
+    try:
+        rows = run(args.device, args.repeat)
+    except RuntimeError as e:
+        sys.exit(str(e))
     name = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU, {args.threads} threads"
     print(f"device: {name}; D=16, 2 images of 200x304 (stride 4 of 800x1216); median of {args.repeat}")
     print(f"{'proposals':>9}  {'pass':<16}{'path':<15}{'time ms':>10}{'peak MiB':>10}{'speed-up':>10}{'mem ratio':>10}")
-    for num_proposals in (100, 500):
-        inputs = make_inputs(num_proposals, args.device)
-        for backward in (False, True):
-            rows = {k: measure(fn, inputs, backward, args.repeat, args.device) for k, fn in paths.items()}
-            dense_time, dense_mem = rows["dense PyTorch"]
-            for path, (seconds, peak) in rows.items():
-                speedup = dense_time / seconds
-                memory = peak / dense_mem if dense_mem == dense_mem and dense_mem > 0 else float("nan")
-                print(f"{num_proposals:>9}  {'fwd+bwd' if backward else 'forward':<16}{path:<15}"
-                      f"{seconds * 1000:>10.2f}{peak:>10.0f}{speedup:>9.1f}x{memory:>9.2f}x")
+    for r in rows:
+        print(f"{r['proposals']:>9}  {r['pass']:<16}{r['path']:<15}{r['seconds'] * 1000:>10.2f}{r['peak_mib']:>10.0f}"
+              f"{r['speedup']:>9.1f}x{r['memory_ratio']:>9.2f}x")
 
 
 if __name__ == "__main__":

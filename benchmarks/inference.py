@@ -10,6 +10,7 @@ or a given checkpoint; Mask R-CNN with random weights, score threshold 0 and 100
     python benchmarks/inference.py                       # CPU, 2 threads, demo/images
     python benchmarks/inference.py --input-size 800x1333 # the same images resized to exactly 800x1333 first
     python benchmarks/inference.py --device cuda --runs 20
+    python benchmarks/inference.py --device cuda --precision fp16   # both models under float16 autocast
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def autocast(args):
+    """float16 autocast for --precision fp16 (the coupling and mask pasting stay in float32 inside the model)."""
+    import torch
+
+    device_type = "cuda" if args.device.startswith("cuda") else "cpu"
+    return torch.autocast(device_type, dtype=torch.float16, enabled=args.precision == "fp16")
+
+
 def embedmask_runner(args):
     import torch
 
@@ -72,7 +81,7 @@ def embedmask_runner(args):
         inputs = [predictor.preprocess(image)]
         sync(args.device)
         t1 = time.perf_counter()
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args):
             detections = model(inputs, do_postprocess=False)
             sync(args.device)
             t2 = time.perf_counter()
@@ -98,7 +107,7 @@ def maskrcnn_runner(args):
         t0 = time.perf_counter()
         rgb = torch.from_numpy(image[:, :, ::-1].copy()).permute(2, 0, 1).to(args.device).float() / 255
         original_size = [tuple(rgb.shape[1:])]
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(args):
             images, _ = model.transform([rgb])
             sync(args.device)
             t1 = time.perf_counter()
@@ -139,37 +148,52 @@ def worker(args) -> None:
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def main() -> None:
+def compare(args) -> list[dict]:
+    """Time both models, each in its own process; returns [ours, Mask R-CNN] result dicts."""
+    rows = []
+    for name in ("embedmask", "maskrcnn"):
+        command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--images", args.images,
+                   "--device", args.device, "--threads", str(args.threads), "--runs", str(args.runs),
+                   "--weights", args.weights, "--input-size", args.input_size, "--precision", args.precision]
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        done = subprocess.run(command, capture_output=True, text=True, env=env)
+        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
+        rows.append(json.loads(line[len("RESULT "):]))
+    return rows
+
+
+def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", default=os.path.join(ROOT, "demo", "images"))
     parser.add_argument("--input-size", default="", metavar="HxW",
                         help="resize every image to HxW before timing (e.g. 800x1333); default: as stored")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                        help="fp16: both models under float16 autocast")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=4, help="timed images per model (after one warm-up)")
     parser.add_argument("--weights", default="", help="EmbedMask checkpoint (default: deterministic R-50 weights)")
     parser.add_argument("--worker", choices=["embedmask", "maskrcnn"], help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default="/tmp", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = get_parser().parse_args()
     if args.worker:
         worker(args)
         return
-    rows = []
-    for name in ("embedmask", "maskrcnn"):
-        command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--images", args.images,
-                   "--device", args.device, "--threads", str(args.threads), "--runs", str(args.runs),
-                   "--weights", args.weights, "--input-size", args.input_size]
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        done = subprocess.run(command, capture_output=True, text=True, env=env)
-        line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
-        if line is None:
-            sys.exit(f"{name} failed:\n{done.stderr[-3000:]}")
-        rows.append(json.loads(line[len("RESULT "):]))
+    try:
+        rows = compare(args)
+    except RuntimeError as e:
+        sys.exit(str(e))
     import torch
 
     size = f" resized to {args.input_size}" if args.input_size else ""
-    print(f"device: {args.device}, threads: {args.threads}, torch {torch.__version__}, images: {args.images}{size}, "
-          f"{args.runs} timed runs each")
+    print(f"device: {args.device}, {args.precision}, threads: {args.threads}, torch {torch.__version__}, "
+          f"images: {args.images}{size}, {args.runs} timed runs each")
     memory = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     header = f"{'model':<28}{'preprocess':>12}{'model':>10}{'postproc':>10}{'total s/img':>13}{'dets':>7}" \
              f"{memory:>13}"

@@ -1,5 +1,6 @@
-"""The fused CUDA coupling kernel against the PyTorch reference (skipped without a GPU), and its build with nvcc
-(skipped without nvcc)."""
+"""The fused CUDA coupling kernel on a GPU against the PyTorch reference (skipped without one), and its build with
+nvcc (skipped without nvcc). The same kernel code runs on every machine through its CPU emulator:
+tests/test_coupling_kernel.py."""
 
 import os
 import shutil
@@ -7,7 +8,8 @@ import shutil
 import pytest
 import torch
 
-from adet.layers.coupling import FusedCoupling, fused_kernel_available, load_extension, mask_probability_reference
+from adet.layers.coupling import mask_probability_reference
+from adet.layers.coupling_fused import FusedCoupling, fused_kernel_available, load_cuda_extension
 
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -27,7 +29,8 @@ def _relative_error(a, b):
 
 @needs_gpu
 @pytest.mark.gpu
-@pytest.mark.parametrize("shape", [(1, 16, 25, 38, 7), (2, 16, 100, 152, 100), (3, 8, 17, 29, 40), (2, 40, 9, 13, 5)])
+@pytest.mark.parametrize("shape", [(1, 16, 25, 38, 7), (2, 16, 100, 152, 100), (3, 8, 17, 29, 40), (2, 40, 9, 13, 5),
+                                   (2, 2, 2, 3, 65_600), (1, 3, 520, 512, 3)])  # grid-strided proposals, pixels
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_fused_forward_and_backward_match_the_reference(shape, dtype):
     assert fused_kernel_available()
@@ -36,7 +39,7 @@ def test_fused_forward_and_backward_match_the_reference(shape, dtype):
     # Non-contiguous views, as the model passes them: channels-last pixels, slices of the proposal features.
     pixels_nc = pixels.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).requires_grad_()
     feats = top_feats.clone().requires_grad_()
-    out = FusedCoupling.apply(pixels_nc, feats[:, :dim], feats[:, dim:], images)
+    out = FusedCoupling.apply(load_cuda_extension(), pixels_nc, feats[:, :dim], feats[:, dim:], images)
     grad_out = torch.rand_like(out)
     (out * grad_out).sum().backward()
 
@@ -58,7 +61,8 @@ def test_fused_gradcheck_in_double_and_empty_proposals():
     pixels, top_feats, images = _inputs(2, 4, 3, 5, 6, torch.float64)
     inputs = (pixels.requires_grad_(), top_feats[:, :4].detach().requires_grad_(),
               top_feats[:, 4:].detach().requires_grad_())
-    assert torch.autograd.gradcheck(lambda p, e, m: FusedCoupling.apply(p, e, m, images), inputs)
+    module = load_cuda_extension()
+    assert torch.autograd.gradcheck(lambda p, e, m: FusedCoupling.apply(module, p, e, m, images), inputs)
     from adet.layers import mask_probability
 
     assert mask_probability(pixels, top_feats[:0, :4], top_feats[:0, 4:], images[:0]).shape == (0, 3, 5)
@@ -70,45 +74,5 @@ def test_kernel_compiles_with_nvcc(monkeypatch):
     """The kernel builds wherever nvcc is, even without a GPU (then for Hopper, the lent GPUs' architecture)."""
     if not torch.cuda.is_available():
         monkeypatch.setenv("TORCH_CUDA_ARCH_LIST", os.environ.get("TORCH_CUDA_ARCH_LIST", "9.0"))
-    module = load_extension()
+    module = load_cuda_extension()
     assert callable(module.forward) and callable(module.backward)
-
-
-class _KernelStandIn:
-    """The compiled module's contract (float accumulation, probabilities returned for backward, gradients in the
-    input dtypes), written in PyTorch, to test FusedCoupling's autograd plumbing on any machine."""
-
-    @staticmethod
-    def forward(pixels, embeds, margins, images):
-        acc = torch.float64 if pixels.dtype == torch.float64 else torch.float32
-        return mask_probability_reference(pixels.to(acc), embeds.to(acc), margins.to(acc), images)
-
-    @staticmethod
-    def backward(grad_out, prob, pixels, embeds, margins, images):
-        acc = prob.dtype
-        x = pixels.to(acc).permute(0, 2, 3, 1)[images]  # (P, H, W, D)
-        diff = x - embeds.to(acc)[:, None, None, :]
-        w = (grad_out * prob)[..., None]
-        grad_x_per_proposal = -2 * w * margins.to(acc)[:, None, None, :] * diff
-        grad_pixels = torch.zeros_like(pixels, dtype=acc).permute(0, 2, 3, 1).index_add(0, images, grad_x_per_proposal)
-        grad_embeds = 2 * margins.to(acc) * (w * diff).sum(dim=(1, 2))
-        grad_margins = -(w * diff * diff).sum(dim=(1, 2))
-        return [grad_pixels.permute(0, 3, 1, 2).to(pixels.dtype), grad_embeds.to(embeds.dtype),
-                grad_margins.to(margins.dtype)]
-
-
-def test_fused_function_plumbing_with_a_stand_in_kernel(monkeypatch):
-    import adet.layers.coupling as coupling
-
-    monkeypatch.setattr(coupling, "_extension", _KernelStandIn)
-    torch.manual_seed(0)
-    pixels = torch.randn(2, 4, 3, 5, dtype=torch.float64, requires_grad=True)
-    feats = torch.randn(6, 8, dtype=torch.float64)
-    feats[:, 4:] = feats[:, 4:].abs() + 0.1
-    feats.requires_grad_()
-    images = torch.tensor([0, 1, 1, 0, 1, 0])
-    assert torch.autograd.gradcheck(lambda p, f: FusedCoupling.apply(p, f[:, :4], f[:, 4:], images), (pixels, feats))
-    half = pixels.detach().half().requires_grad_()
-    out = FusedCoupling.apply(half, feats[:, :4], feats[:, 4:], images)
-    out.sum().backward()
-    assert out.dtype == torch.float32 and half.grad.dtype == torch.float16 and feats.grad.dtype == torch.float64

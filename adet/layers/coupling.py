@@ -4,25 +4,15 @@
 
 Every proposal is scored against every pixel of its image's embedding map: no box crop, no fill value. Training and
 inference both call :func:`mask_probability`. On CUDA tensors it runs a fused kernel (forward and backward, no
-(P, D, H, W) intermediate; ``csrc/``), compiled on first use; everywhere else, and whenever the kernel cannot be
-built, the PyTorch reference :func:`mask_probability_reference`, or, when no gradient is needed, its matrix-product
-form :func:`mask_probability_no_grad`. Probabilities are computed in float32 (float64 for
+(P, D, H, W) intermediate; ``csrc/``, ``coupling_fused.py``), compiled on first use; everywhere else, and whenever the
+kernel cannot be used, the PyTorch reference :func:`mask_probability_reference`, or, when no gradient is needed, its
+matrix-product form :func:`mask_probability_no_grad`. Probabilities are computed in float32 (float64 for
 float64 inputs) whatever the input precision: in half precision exp(-distance) loses the tails that rank masks.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import warnings
-
 import torch
-
-logger = logging.getLogger(__name__)
-
-_CSRC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc")
-_extension = None
-_extension_failed = False
 
 
 def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
@@ -74,74 +64,9 @@ def mask_probability_no_grad(pixel_embeddings: torch.Tensor, proposal_embeddings
     return out
 
 
-def load_extension(verbose: bool = False):
-    """The compiled kernel module: installed with ``EMBEDMASK_BUILD_CUDA=1``, else built now with
-    torch.utils.cpp_extension (cached between runs). Raises if it cannot be built."""
-    global _extension
-    if _extension is not None:
-        return _extension
-    try:
-        from adet import _coupling_cuda as extension  # built at install time
-    except ImportError:
-        import torch.utils.cpp_extension as cpp_extension
-        from torch.utils.cpp_extension import load
-
-        _fix_cuda_home(cpp_extension)
-        logger.info("Compiling the fused CUDA coupling kernel (once; cached by torch)")
-        extension = load(name="embedmask_coupling_cuda", verbose=verbose, extra_cuda_cflags=["-O3"],
-                         sources=[os.path.join(_CSRC, "coupling.cpp"), os.path.join(_CSRC, "coupling_kernel.cu")])
-    _extension = extension
-    return extension
-
-
-def _fix_cuda_home(cpp_extension) -> None:
-    """torch guesses CUDA_HOME as the parent of the nvcc on PATH; when that holds no CUDA runtime library (nvcc in
-    /usr/local/bin), fall back to /usr/local/cuda."""
-    home = cpp_extension.CUDA_HOME
-    has_runtime = home and any(os.path.exists(os.path.join(home, lib, "libcudart.so")) for lib in ("lib64", "lib"))
-    if not has_runtime and os.path.isdir("/usr/local/cuda") and "CUDA_HOME" not in os.environ:
-        cpp_extension.CUDA_HOME = os.environ["CUDA_HOME"] = "/usr/local/cuda"
-
-
-def fused_kernel_available() -> bool:
-    """Whether the CUDA kernel can be used (a GPU is present and the kernel builds); warns once if it cannot."""
-    global _extension_failed
-    if _extension_failed or not torch.cuda.is_available():
-        return False
-    if os.environ.get("EMBEDMASK_DISABLE_CUDA_KERNEL") == "1":
-        return False
-    try:
-        load_extension()
-        return True
-    except Exception as e:  # noqa: BLE001 - any build failure means: use the PyTorch path
-        _extension_failed = True
-        warnings.warn(f"the fused CUDA coupling kernel could not be built ({str(e).splitlines()[0]}); using the "
-                      "PyTorch implementation", stacklevel=2)
-        return False
-
-
-class FusedCoupling(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, pixel_embeddings, proposal_embeddings, proposal_margins, image_indices):
-        dtype = pixel_embeddings.dtype
-        inputs = (pixel_embeddings.contiguous(), proposal_embeddings.to(dtype).contiguous(),
-                  proposal_margins.to(dtype).contiguous(), image_indices.contiguous())
-        probabilities = load_extension().forward(*inputs)
-        ctx.save_for_backward(*inputs, probabilities)
-        ctx.dtypes = (proposal_embeddings.dtype, proposal_margins.dtype)
-        return probabilities
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        pixels, embeddings, margins, images, probabilities = ctx.saved_tensors
-        grad_output = grad_output.to(probabilities.dtype).contiguous()
-        grad_pixels, grad_embeddings, grad_margins = load_extension().backward(
-            grad_output, probabilities, pixels, embeddings, margins, images)
-        return grad_pixels, grad_embeddings.to(ctx.dtypes[0]), grad_margins.to(ctx.dtypes[1]), None
-
-
-def _check_inputs(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
-                  proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> None:
+def check_coupling_inputs(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
+                          proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> None:
+    """Raise ValueError naming the argument whose shape or dtype does not fit (values are checked where used)."""
     if pixel_embeddings.dim() != 4:
         raise ValueError(f"pixel_embeddings must be (N, D, H, W), got shape {tuple(pixel_embeddings.shape)}")
     dim = pixel_embeddings.shape[1]
@@ -151,6 +76,8 @@ def _check_inputs(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Ten
     if proposal_embeddings.shape[0] != proposal_margins.shape[0] or image_indices.shape != (
             proposal_embeddings.shape[0],):
         raise ValueError("proposal_embeddings, proposal_margins and image_indices must have the same length P")
+    if image_indices.is_floating_point() or image_indices.is_complex() or image_indices.dtype == torch.bool:
+        raise ValueError(f"image_indices must be an integer tensor, got {image_indices.dtype}")
 
 
 def mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
@@ -159,10 +86,13 @@ def mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.
 
     Differentiable with respect to the three float inputs.
     """
-    _check_inputs(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
-    if (pixel_embeddings.is_cuda and pixel_embeddings.shape[1] <= 64 and len(proposal_embeddings) > 0
-            and fused_kernel_available()):
-        return FusedCoupling.apply(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices.long())
+    check_coupling_inputs(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
+    if pixel_embeddings.is_cuda and len(proposal_embeddings) > 0:
+        from .coupling_fused import fused_mask_probability
+
+        fused = fused_mask_probability(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
+        if fused is not None:
+            return fused
     needs_grad = torch.is_grad_enabled() and any(
         t.requires_grad for t in (pixel_embeddings, proposal_embeddings, proposal_margins))
     if not needs_grad:

@@ -1,222 +1,123 @@
-// Fused embedding coupling (EmbedMask, spec 5.5), forward and backward, without any (P, D, H, W) intermediate.
-//
-//   prob[p, i] = exp(-sum_d margin[p, d] * (pixel[n(p), d, i] - embed[p, d])^2)
-//
-// Inputs may be float, double, half or bfloat16; sums are accumulated in acc_t (double for double inputs, float
-// otherwise) and the probabilities are returned in acc_t, as the PyTorch reference computes them.
-#include <ATen/ATen.h>
-#include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
+// The fused coupling on CUDA: each kernel runs one block program of coupling_kernels.h with a DeviceBlock
+// (phases separated by __syncthreads(), warp sums by shuffles). The host side is coupling_op.h's, shared with the
+// CPU emulator; the Python bindings are in coupling.cpp.
 #include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
-#include <cuda.h>
-#include <cuda_runtime.h>
 
-#include <type_traits>
 #include <vector>
 
+#include "coupling_op.h"
+
+namespace coupling {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kMaxDim = 64;  // largest embedding dimension supported; kernels are instantiated for <= 16 and <= 64
+struct DeviceBlock {
+  // A value each thread keeps across phases: a register of the calling thread.
+  template <typename T>
+  struct PerThread {
+    T value;
+    __device__ T& operator[](int) { return value; }
+  };
 
-template <typename T>
-__device__ __forceinline__ float to_acc(T v, float) { return static_cast<float>(v); }
-template <typename T>
-__device__ __forceinline__ double to_acc(T v, double) { return static_cast<double>(v); }
+  __device__ int64_t index_x() const { return blockIdx.x; }
+  __device__ int64_t index_y() const { return blockIdx.y; }
+  __device__ int64_t grid_x() const { return gridDim.x; }
+  __device__ int64_t grid_y() const { return gridDim.y; }
 
-// One block row per proposal; threads stride over the pixels of its image. The proposal's embedding and margins
-// sit in shared memory; pixel reads are coalesced along i for every channel d.
+  template <class Body>
+  __device__ void phase(Body&& body) {
+    body(static_cast<int>(threadIdx.x));
+    __syncthreads();
+  }
+
+  template <typename T>
+  __device__ void store(T* output, int64_t index, T value) {
+    output[index] = value;
+  }
+
+  // store(thread, sum) where lane 0 holds the sum of value(thread) over its warp.
+  template <class Value, class Store>
+  __device__ void warp_sum(Value&& value, Store&& store) {
+    auto sum = value(static_cast<int>(threadIdx.x));
+    for (int offset = kWarp / 2; offset > 0; offset >>= 1) sum += __shfl_down_sync(0xffffffffu, sum, offset);
+    store(static_cast<int>(threadIdx.x), sum);
+  }
+};
+
 template <typename scalar_t, typename acc_t>
-__global__ void coupling_forward_kernel(const scalar_t* __restrict__ pixels, const scalar_t* __restrict__ embeds,
-                                        const scalar_t* __restrict__ margins, const int64_t* __restrict__ images,
-                                        acc_t* __restrict__ out, int64_t num_proposals, int dim, int64_t hw) {
+__global__ void __launch_bounds__(kThreads) forward_kernel(const Inputs<scalar_t, acc_t> in, acc_t* out) {
   __shared__ acc_t s_embed[kMaxDim];
   __shared__ acc_t s_margin[kMaxDim];
-  for (int64_t p = blockIdx.y; p < num_proposals; p += gridDim.y) {
-    __syncthreads();
-    for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-      s_embed[d] = to_acc(embeds[p * dim + d], acc_t());
-      s_margin[d] = to_acc(margins[p * dim + d], acc_t());
-    }
-    __syncthreads();
-    const scalar_t* image = pixels + images[p] * dim * hw;
-    for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < hw; i += (int64_t)gridDim.x * blockDim.x) {
-      acc_t distance = 0;
-      for (int d = 0; d < dim; ++d) {
-        const acc_t diff = to_acc(image[d * hw + i], acc_t()) - s_embed[d];
-        distance += s_margin[d] * diff * diff;
-      }
-      out[p * hw + i] = exp(-distance);
-    }
-  }
+  DeviceBlock block;
+  forward_block(block, in, s_embed, s_margin, out);
 }
 
-// d prob / d pixel summed over the proposals of each image. Thread per (image, pixel), looping over that image's
-// proposals (sorted by image: order[offsets[n] .. offsets[n+1]]).
-//   grad_pixel[n, d, i] = -2 sum_p w_p(i) margin[p, d] (pixel[n, d, i] - embed[p, d]),  w = grad_out * prob
 template <typename scalar_t, typename acc_t, int kDim>
-__global__ void coupling_backward_pixels_kernel(const acc_t* __restrict__ grad_out, const acc_t* __restrict__ prob,
-                                                const scalar_t* __restrict__ pixels,
-                                                const scalar_t* __restrict__ embeds,
-                                                const scalar_t* __restrict__ margins,
-                                                const int64_t* __restrict__ order, const int64_t* __restrict__ offsets,
-                                                scalar_t* __restrict__ grad_pixels, int64_t num_images, int dim,
-                                                int64_t hw) {
-  const int64_t n = blockIdx.y;
-  const int64_t begin = offsets[n], end = offsets[n + 1];
-  for (int64_t i = blockIdx.x * blockDim.x + threadIdx.x; i < hw; i += (int64_t)gridDim.x * blockDim.x) {
-    // Fixed-size arrays with fully unrolled loops stay in registers.
-    acc_t x[kDim];
-    acc_t grad[kDim];
-#pragma unroll
-    for (int d = 0; d < kDim; ++d) {
-      x[d] = d < dim ? to_acc(pixels[(n * dim + d) * hw + i], acc_t()) : acc_t(0);
-      grad[d] = 0;
-    }
-    for (int64_t k = begin; k < end; ++k) {
-      const int64_t p = order[k];
-      const acc_t w = grad_out[p * hw + i] * prob[p * hw + i];
-      if (w == acc_t(0)) continue;
-#pragma unroll
-      for (int d = 0; d < kDim; ++d) {
-        if (d < dim) {
-          grad[d] -= 2 * w * to_acc(margins[p * dim + d], acc_t()) * (x[d] - to_acc(embeds[p * dim + d], acc_t()));
-        }
-      }
-    }
-#pragma unroll
-    for (int d = 0; d < kDim; ++d) {
-      if (d < dim) grad_pixels[(n * dim + d) * hw + i] = static_cast<scalar_t>(grad[d]);
-    }
-  }
+__global__ void __launch_bounds__(kThreads) pixel_gradient_kernel(const Inputs<scalar_t, acc_t> in,
+                                                                  const acc_t* grad_out, const acc_t* prob,
+                                                                  const int64_t* order, const int64_t* offsets,
+                                                                  scalar_t* grad_pixels) {
+  DeviceBlock block;
+  pixel_gradient_block<DeviceBlock, scalar_t, acc_t, kDim>(block, in, grad_out, prob, order, offsets, grad_pixels);
 }
 
-template <typename acc_t>
-__device__ __forceinline__ acc_t warp_sum(acc_t v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_down_sync(0xffffffff, v, offset);
-  return v;
-}
-
-// d prob / d embed and d prob / d margin of one proposal: a block per proposal reduces over its pixels.
-//   grad_embed[p, d]  =  2 margin[p, d] sum_i w_p(i) (pixel_d(i) - embed[p, d])
-//   grad_margin[p, d] = -sum_i w_p(i) (pixel_d(i) - embed[p, d])^2
 template <typename scalar_t, typename acc_t, int kDim>
-__global__ void coupling_backward_proposals_kernel(const acc_t* __restrict__ grad_out,
-                                                   const acc_t* __restrict__ prob,
-                                                   const scalar_t* __restrict__ pixels,
-                                                   const scalar_t* __restrict__ embeds,
-                                                   const scalar_t* __restrict__ margins,
-                                                   const int64_t* __restrict__ images,
-                                                   scalar_t* __restrict__ grad_embeds,
-                                                   scalar_t* __restrict__ grad_margins, int dim, int64_t hw) {
-  __shared__ acc_t s_embed[kMaxDim];
-  __shared__ acc_t s_first[kThreads / 32][kMaxDim];
-  __shared__ acc_t s_second[kThreads / 32][kMaxDim];
-  const int64_t p = blockIdx.x;
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) s_embed[d] = to_acc(embeds[p * dim + d], acc_t());
-  __syncthreads();
-  acc_t first[kDim];
-  acc_t second[kDim];
-#pragma unroll
-  for (int d = 0; d < kDim; ++d) first[d] = second[d] = 0;
-  const scalar_t* image = pixels + images[p] * dim * hw;
-  for (int64_t i = threadIdx.x; i < hw; i += blockDim.x) {
-    const acc_t w = grad_out[p * hw + i] * prob[p * hw + i];
-    if (w == acc_t(0)) continue;
-#pragma unroll
-    for (int d = 0; d < kDim; ++d) {
-      if (d < dim) {
-        const acc_t diff = to_acc(image[d * hw + i], acc_t()) - s_embed[d];
-        first[d] += w * diff;
-        second[d] += w * diff * diff;
-      }
-    }
-  }
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-#pragma unroll
-  for (int d = 0; d < kDim; ++d) {
-    if (d < dim) {
-      const acc_t a = warp_sum(first[d]);
-      const acc_t b = warp_sum(second[d]);
-      if (lane == 0) {
-        s_first[warp][d] = a;
-        s_second[warp][d] = b;
-      }
-    }
-  }
-  __syncthreads();
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-    acc_t a = 0, b = 0;
-    for (int k = 0; k < (int)(blockDim.x / 32); ++k) {
-      a += s_first[k][d];
-      b += s_second[k][d];
-    }
-    grad_embeds[p * dim + d] = static_cast<scalar_t>(2 * to_acc(margins[p * dim + d], acc_t()) * a);
-    grad_margins[p * dim + d] = static_cast<scalar_t>(-b);
-  }
+__global__ void __launch_bounds__(kThreads) proposal_gradient_kernel(const Inputs<scalar_t, acc_t> in,
+                                                                     const acc_t* grad_out, const acc_t* prob,
+                                                                     acc_t* grad_embeds, acc_t* grad_margins) {
+  __shared__ ProposalShared<acc_t> shared;
+  DeviceBlock block;
+  proposal_gradient_block<DeviceBlock, scalar_t, acc_t, kDim>(block, in, grad_out, prob, shared, grad_embeds,
+                                                              grad_margins);
 }
 
-int blocks_for(int64_t n) { return static_cast<int>(std::min<int64_t>((n + kThreads - 1) / kThreads, 1024)); }
+dim3 blocks(Grid grid) { return dim3(static_cast<unsigned>(grid.x), static_cast<unsigned>(grid.y)); }
+
+struct CudaBackend {
+  static bool on_device(const at::Tensor& t) { return t.is_cuda(); }
+  // Every element of an output is written by exactly one thread (the emulator checks this), so no fill is needed.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
+
+  template <typename scalar_t, typename acc_t>
+  static void forward(Grid grid, const Inputs<scalar_t, acc_t>& in, acc_t* out) {
+    forward_kernel<scalar_t, acc_t><<<blocks(grid), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(in, out);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  template <typename scalar_t, typename acc_t, int kDim>
+  static void pixel_gradients(Grid grid, const Inputs<scalar_t, acc_t>& in, const acc_t* grad_out, const acc_t* prob,
+                              const int64_t* order, const int64_t* offsets, scalar_t* grad_pixels) {
+    pixel_gradient_kernel<scalar_t, acc_t, kDim><<<blocks(grid), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        in, grad_out, prob, order, offsets, grad_pixels);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+
+  template <typename scalar_t, typename acc_t, int kDim>
+  static void proposal_gradients(Grid grid, const Inputs<scalar_t, acc_t>& in, const acc_t* grad_out,
+                                 const acc_t* prob, acc_t* grad_embeds, acc_t* grad_margins) {
+    proposal_gradient_kernel<scalar_t, acc_t, kDim><<<blocks(grid), kThreads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+        in, grad_out, prob, grad_embeds, grad_margins);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+};
 
 }  // namespace
+}  // namespace coupling
 
 at::Tensor coupling_forward_cuda(const at::Tensor& pixels, const at::Tensor& embeds, const at::Tensor& margins,
                                  const at::Tensor& images) {
+  TORCH_CHECK(pixels.is_cuda(), "pixel_embeddings must be a CUDA tensor, got one on ", pixels.device());
   const c10::cuda::CUDAGuard guard(pixels.device());
-  const int64_t num_proposals = embeds.size(0), dim = pixels.size(1), hw = pixels.size(2) * pixels.size(3);
-  const auto acc_type = pixels.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  auto out = at::empty({num_proposals, pixels.size(2), pixels.size(3)}, pixels.options().dtype(acc_type));
-  if (num_proposals == 0 || hw == 0) return out;
-  const dim3 grid(blocks_for(hw), static_cast<unsigned>(std::min<int64_t>(num_proposals, 65535)));
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pixels.scalar_type(), "coupling_forward", [&] {
-    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    coupling_forward_kernel<scalar_t, acc_t><<<grid, kThreads, 0, stream>>>(
-        pixels.data_ptr<scalar_t>(), embeds.data_ptr<scalar_t>(), margins.data_ptr<scalar_t>(),
-        images.data_ptr<int64_t>(), out.data_ptr<acc_t>(), num_proposals, static_cast<int>(dim), hw);
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return out;
+  return coupling::forward<coupling::CudaBackend>(pixels, embeds, margins, images);
 }
 
 std::vector<at::Tensor> coupling_backward_cuda(const at::Tensor& grad_out, const at::Tensor& prob,
                                                const at::Tensor& pixels, const at::Tensor& embeds,
-                                               const at::Tensor& margins, const at::Tensor& images) {
+                                               const at::Tensor& margins, const at::Tensor& images, bool need_pixels,
+                                               bool need_embeds, bool need_margins) {
+  TORCH_CHECK(pixels.is_cuda(), "pixel_embeddings must be a CUDA tensor, got one on ", pixels.device());
   const c10::cuda::CUDAGuard guard(pixels.device());
-  const int64_t num_images = pixels.size(0), num_proposals = embeds.size(0), dim = pixels.size(1);
-  const int64_t hw = pixels.size(2) * pixels.size(3);
-  auto grad_pixels = at::zeros_like(pixels);
-  auto grad_embeds = at::zeros_like(embeds);
-  auto grad_margins = at::zeros_like(margins);
-  if (num_proposals == 0 || hw == 0) return {grad_pixels, grad_embeds, grad_margins};
-  // Proposals grouped by image, so each pixel thread visits only its own image's proposals.
-  const auto order = images.argsort();
-  const auto counts = at::bincount(images, {}, num_images);
-  const auto offsets = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});
-  auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, pixels.scalar_type(), "coupling_backward", [&] {
-    using acc_t = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
-    const dim3 pixel_grid(blocks_for(hw), static_cast<unsigned>(num_images));
-    auto launch = [&](auto dim_tag) {
-      constexpr int kDim = decltype(dim_tag)::value;
-      coupling_backward_pixels_kernel<scalar_t, acc_t, kDim><<<pixel_grid, kThreads, 0, stream>>>(
-          grad_out.data_ptr<acc_t>(), prob.data_ptr<acc_t>(), pixels.data_ptr<scalar_t>(),
-          embeds.data_ptr<scalar_t>(), margins.data_ptr<scalar_t>(), order.data_ptr<int64_t>(),
-          offsets.data_ptr<int64_t>(), grad_pixels.data_ptr<scalar_t>(), num_images, static_cast<int>(dim), hw);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      coupling_backward_proposals_kernel<scalar_t, acc_t, kDim>
-          <<<static_cast<unsigned>(num_proposals), kThreads, 0, stream>>>(
-              grad_out.data_ptr<acc_t>(), prob.data_ptr<acc_t>(), pixels.data_ptr<scalar_t>(),
-              embeds.data_ptr<scalar_t>(), margins.data_ptr<scalar_t>(), images.data_ptr<int64_t>(),
-              grad_embeds.data_ptr<scalar_t>(), grad_margins.data_ptr<scalar_t>(), static_cast<int>(dim), hw);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-    };
-    if (dim <= 16) {
-      launch(std::integral_constant<int, 16>());
-    } else {
-      launch(std::integral_constant<int, kMaxDim>());
-    }
-  });
-  return {grad_pixels, grad_embeds, grad_margins};
+  return coupling::backward<coupling::CudaBackend>(grad_out, prob, pixels, embeds, margins, images, need_pixels,
+                                                   need_embeds, need_margins);
 }
