@@ -29,29 +29,67 @@ def test_official_configs_resolve_to_the_official_values(name, depth, max_iter, 
     assert cfg.OUTPUT_DIR == f"output/embedmask_{name}"
 
 
-def test_resolved_official_config_matches_ours_and_loads():
-    """The official run's fully resolved config: every key exists here with the same value."""
+def _flat(tree, prefix=""):
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, prefix + key + "."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def test_resolved_official_config_matches_ours_and_loads_silently(caplog):
+    """The official run's fully resolved config: each of our keys is there with our value, and each of its other
+    keys is one this model knowingly drops, holding a value under which EmbedMask behaves as it does anyway."""
+    from adet.config import compat
+
     with open(os.path.join(FIXTURES, "config_R_50.yaml")) as f:
-        official = yaml.safe_load(f)
+        official = _flat(yaml.safe_load(f))
     cfg = get_cfg()
     cfg.merge_from_file(os.path.join(CONFIGS, "MS_R_50_1x.yaml"))
-    ours = yaml.safe_load(cfg.dump())
-    differences = []
-
-    def compare(a, b, prefix=""):
-        for key in set(a) | set(b):
-            if key not in a or key not in b:
-                differences.append(prefix + key)
-            elif isinstance(a[key], dict):
-                compare(a[key], b[key], prefix + key + ".")
-            elif a[key] != b[key]:
-                differences.append(prefix + key)
-
-    compare(ours, official)
-    assert sorted(differences) == ["MODEL.DEVICE", "MODEL.WEIGHTS"]  # the official run set these two
-    loaded = get_cfg()
-    loaded.merge_from_file(os.path.join(FIXTURES, "config_R_50.yaml"))
+    ours = _flat(yaml.safe_load(cfg.dump()))
+    assert set(ours) < set(official)
+    assert sorted(k for k in ours if ours[k] != official[k]) == ["MODEL.DEVICE", "MODEL.WEIGHTS"]  # set by the run
+    dropped = set(official) - set(ours)
+    assert all(compat.is_known(k) for k in dropped) and len(dropped) > 250
+    with caplog.at_level("WARNING"):
+        loaded = get_cfg()
+        loaded.merge_from_file(os.path.join(FIXTURES, "config_R_50.yaml"))
+    assert caplog.records == []
     assert loaded.MODEL.DEVICE == "cpu" and loaded.SOLVER.WEIGHT_DECAY_BIAS is None
+    assert loaded.dump() == cfg.dump().replace("DEVICE: cuda", "DEVICE: cpu").replace(
+        "WEIGHTS: detectron2://ImageNetPretrained/MSRA/R-50.pkl", "WEIGHTS: ''")
+    assert len(loaded.dump().splitlines()) < 200  # what config.yaml holds: only keys this model reads
+
+
+def test_keys_without_effect_warn_and_unsupported_ones_fail(caplog):
+    cfg = get_cfg()
+    with caplog.at_level("WARNING"):
+        cfg.merge_from_list(["VIS_PERIOD", "20", "TEST.PRECISE_BN.ENABLED", "True", "MODEL.BLENDMASK.ATTN_SIZE", "3",
+                             "MODEL.MASK_ON", "True", "TEST.DETECTIONS_PER_IMAGE", "100"])
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 3  # MASK_ON True and DETECTIONS_PER_IMAGE 100 are what EmbedMask does anyway
+    assert warned[0].startswith("command line: VIS_PERIOD 20 is not used by EmbedMask")
+    assert "TEST.PRECISE_BN.ENABLED True" in warned[1] and "MODEL.BLENDMASK.ATTN_SIZE 3" in warned[2]
+    for key, value, message in [("INPUT.CROP.ENABLED", "True", "random crops are not supported"),
+                                ("MODEL.RESNETS.DEFORM_ON_PER_STAGE", "[False, True, True, True]", "deformable"),
+                                ("DATALOADER.REPEAT_THRESHOLD", "0.1", "repeat-factor sampler")]:
+        with pytest.raises(ConfigError, match=message):
+            get_cfg().merge_from_list([key, value])
+    assert "VIS_PERIOD" not in cfg.dump() and "BLENDMASK" not in cfg.dump()
+
+
+def test_packaged_configs_resolve_by_name_from_anywhere(tmp_path, monkeypatch):
+    from adet.model_zoo import get_config, get_config_file, list_configs
+
+    monkeypatch.chdir(tmp_path)
+    assert {"EmbedMask/MS_R_50_1x.yaml", "EmbedMask/MS_R_101_3x.yaml", "EmbedMask/Synthetic.yaml"} <= set(
+        list_configs())
+    assert get_config("EmbedMask/MS_R_101_3x.yaml").MODEL.RESNETS.DEPTH == 101
+    assert get_config_file("configs/EmbedMask/MS_R_50_1x.yaml") == get_config_file("EmbedMask/MS_R_50_1x.yaml")
+    with pytest.raises(ConfigError, match="did you mean 'EmbedMask/MS_R_50_1x.yaml'"):
+        get_config_file("EmbedMask/MS_R50_1x.yaml")
 
 
 def test_unknown_key_in_file_names_file_key_and_suggestion(tmp_path):

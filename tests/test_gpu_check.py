@@ -27,5 +27,6 @@ def test_its_steps_run_on_the_cpu(tmp_path):
     table = done.stdout.split("\nEmbedMask GPU check on CPU")[-1]
     rows = {line.split("  ")[0]: line for line in table.splitlines()}
     assert sum(name.startswith("coupling P=") for name in rows) == 4
-    assert " ok " in rows["AMP training, synthetic, 10 it"] and "losses finite" in rows["AMP training, synthetic, 10 it"]
+    training = rows["AMP training, synthetic, 10 it"]
+    assert " ok " in training and "losses finite" in training
     assert "FAIL" not in table

@@ -133,8 +133,9 @@ class DetectionCheckpointer:
             logger.warning("%s does not fully match the model; loading what matches:\n%s", path, report.summary())
         model.load_state_dict(report.loadable(state_dict), strict=False)
         logger.info("Loaded %d tensors from %s", len(report.loaded), path)
-        if "class_names" in data and hasattr(model, "class_names"):
-            model.class_names = list(data["class_names"])
+        for key in ("class_names", "category_ids"):
+            if key in data and hasattr(model, key):
+                setattr(model, key, list(data[key]))
         for name in self.checkpointables if checkpointables is None else checkpointables:
             if name in data and name in self.checkpointables:
                 self.checkpointables[name].load_state_dict(data.pop(name))
@@ -150,8 +151,9 @@ class DetectionCheckpointer:
         data: dict[str, Any] = {"model": model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
-        if getattr(model, "class_names", None) is not None and "class_names" not in extra:
-            extra["class_names"] = list(model.class_names)
+        for key in ("class_names", "category_ids"):
+            if getattr(model, key, None) is not None and key not in extra:
+                extra[key] = list(getattr(model, key))
         data.update(extra)
         path = os.path.join(self.save_dir, f"{name}.pth")
         atomic_save(data, path)

@@ -11,6 +11,8 @@ from typing import Any, Iterator
 import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
+from . import compat
+
 
 class ConfigError(ValueError):
     """A config file or override that cannot be applied. The message is one line naming the source and the key."""
@@ -85,6 +87,9 @@ class CfgNode(_FvcoreCfgNode):
         if len(cfg_list) % 2 != 0:
             raise ConfigError(f"command line: overrides must be KEY VALUE pairs, got an odd count: {list(cfg_list)}")
         for full_key, raw in zip(cfg_list[0::2], cfg_list[1::2]):
+            if compat.is_known(full_key) and not self._has_key(full_key):
+                compat.drop(full_key, self._decode_cfg_value(raw), "command line")
+                continue
             node, leaf = self, full_key
             parts = full_key.split(".")
             for part in parts[:-1]:
@@ -96,10 +101,21 @@ class CfgNode(_FvcoreCfgNode):
                 raise _unknown_key_error(self, full_key, "command line")
             node[leaf] = _coerce(self._decode_cfg_value(raw), node[leaf], full_key, "command line")
 
+    def _has_key(self, full_key: str) -> bool:
+        node = self
+        for part in full_key.split("."):
+            if not isinstance(node, _FvcoreCfgNode) or part not in node:
+                return False
+            node = node[part]
+        return True
+
     def _merge_dict(self, new: dict, into: _FvcoreCfgNode, prefix: str, source: str) -> None:
         for key, raw in new.items():
             full_key = prefix + key
             if key not in into:
+                if compat.is_known(full_key):
+                    compat.drop(full_key, self._decode_cfg_value(copy.deepcopy(raw)), source)
+                    continue
                 if into.is_new_allowed():
                     into[key] = self._decode_cfg_value(copy.deepcopy(raw))
                     continue

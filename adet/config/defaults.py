@@ -1,25 +1,19 @@
 """Default values of every config key EmbedMask reads.
 
 The values are those of detectron2 plus AdelaiDet (the first author's fork, yinghdb/AdelaiDet), so a YAML file
-written for the official code means the same thing here. Keys of other detectron2/AdelaiDet models that a fully
-resolved official config also carries live in ``unused_defaults.yaml``: they are accepted and ignored.
+written for the official code means the same thing here. Only keys this implementation reads are here (they are what
+a dumped config.yaml holds); the other keys an official config may carry are dropped on loading by ``compat.py``.
 """
-
-import os
-
-import yaml
 
 from .config import CfgNode as CN
 
 _C = CN()
-_C.VERSION = 2
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
 _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
-_C.MODEL.MASK_ON = False
 # "cuda" falls back to "cpu" with a warning when no GPU is visible (see adet.modeling.resolve_device).
 _C.MODEL.DEVICE = "cuda"
 # A path, a "detectron2://..." URL (resolved to a local cache), or "" for random init.
@@ -32,9 +26,6 @@ _C.MODEL.BACKBONE = CN()
 _C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
 # Stages up to this one (1 = stem, 2 = stem + res2) are frozen.
 _C.MODEL.BACKBONE.FREEZE_AT = 2
-_C.MODEL.BACKBONE.ANTI_ALIAS = False
-
-_C.MODEL.MOBILENET = False
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50
@@ -47,10 +38,6 @@ _C.MODEL.RESNETS.STRIDE_IN_1X1 = True
 _C.MODEL.RESNETS.RES5_DILATION = 1
 _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
-_C.MODEL.RESNETS.DEFORM_ON_PER_STAGE = [False, False, False, False]
-_C.MODEL.RESNETS.DEFORM_MODULATED = False
-_C.MODEL.RESNETS.DEFORM_NUM_GROUPS = 1
-_C.MODEL.RESNETS.DEFORM_INTERVAL = 1
 
 _C.MODEL.FPN = CN()
 _C.MODEL.FPN.IN_FEATURES = []
@@ -60,7 +47,6 @@ _C.MODEL.FPN.FUSE_TYPE = "sum"
 
 _C.MODEL.PROPOSAL_GENERATOR = CN()
 _C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
-_C.MODEL.PROPOSAL_GENERATOR.MIN_SIZE = 0
 
 # FCOS (AdelaiDet defaults)
 _C.MODEL.FCOS = CN()
@@ -68,12 +54,9 @@ _C.MODEL.FCOS.NUM_CLASSES = 80
 _C.MODEL.FCOS.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
 _C.MODEL.FCOS.FPN_STRIDES = [8, 16, 32, 64, 128]
 _C.MODEL.FCOS.PRIOR_PROB = 0.01
-_C.MODEL.FCOS.INFERENCE_TH_TRAIN = 0.05
 _C.MODEL.FCOS.INFERENCE_TH_TEST = 0.05
 _C.MODEL.FCOS.NMS_TH = 0.6
-_C.MODEL.FCOS.PRE_NMS_TOPK_TRAIN = 1000
 _C.MODEL.FCOS.PRE_NMS_TOPK_TEST = 1000
-_C.MODEL.FCOS.POST_NMS_TOPK_TRAIN = 100
 _C.MODEL.FCOS.POST_NMS_TOPK_TEST = 100
 _C.MODEL.FCOS.TOP_LEVELS = 2
 _C.MODEL.FCOS.NORM = "GN"
@@ -85,7 +68,6 @@ _C.MODEL.FCOS.LOSS_GAMMA = 2.0
 _C.MODEL.FCOS.LOSS_NORMALIZER_CLS = "fg"
 _C.MODEL.FCOS.LOSS_WEIGHT_CLS = 1.0
 _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
-_C.MODEL.FCOS.USE_RELU = True
 _C.MODEL.FCOS.USE_DEFORMABLE = False
 _C.MODEL.FCOS.NUM_CLS_CONVS = 4
 _C.MODEL.FCOS.NUM_BOX_CONVS = 4
@@ -93,13 +75,11 @@ _C.MODEL.FCOS.NUM_SHARE_CONVS = 0
 _C.MODEL.FCOS.CENTER_SAMPLE = True
 _C.MODEL.FCOS.POS_RADIUS = 1.5
 _C.MODEL.FCOS.LOC_LOSS_TYPE = "giou"
-_C.MODEL.FCOS.YIELD_PROPOSAL = False
 _C.MODEL.FCOS.BOX_QUALITY = "ctrness"
 
 # EmbedMask (yinghdb/AdelaiDet adet/config/defaults.py)
 _C.MODEL.EMBEDMASK = CN()
 _C.MODEL.EMBEDMASK.MASK_OUT_STRIDE = 4
-_C.MODEL.EMBEDMASK.BOTTOM_PIXELS_REMOVED = -1  # never read; kept so official configs load
 _C.MODEL.EMBEDMASK.MAX_PROPOSALS = -1
 _C.MODEL.EMBEDMASK.TOPK_PROPOSALS_PER_IM = -1
 _C.MODEL.EMBEDMASK.EMBED_DIM = 16
@@ -128,29 +108,18 @@ _C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
 _C.INPUT.MAX_SIZE_TRAIN = 1333
 _C.INPUT.MIN_SIZE_TEST = 800
 _C.INPUT.MAX_SIZE_TEST = 1333
-_C.INPUT.RANDOM_FLIP = "horizontal"  # detectron2's key; AdelaiDet reads HFLIP_TRAIN instead
 _C.INPUT.HFLIP_TRAIN = True
 _C.INPUT.FORMAT = "BGR"
 _C.INPUT.MASK_FORMAT = "polygon"  # or "bitmask"
-_C.INPUT.CROP = CN({"ENABLED": False})
-_C.INPUT.CROP.TYPE = "relative_range"
-_C.INPUT.CROP.SIZE = [0.9, 0.9]
-_C.INPUT.CROP.CROP_INSTANCE = True
 
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ()
 _C.DATASETS.TEST = ()
-_C.DATASETS.PROPOSAL_FILES_TRAIN = ()
-_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN = 2000
-_C.DATASETS.PROPOSAL_FILES_TEST = ()
-_C.DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST = 1000
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
 _C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
-_C.DATALOADER.REPEAT_THRESHOLD = 0.0
-_C.DATALOADER.REPEAT_SQRT = True
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -171,11 +140,9 @@ _C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.BIAS_LR_FACTOR = 1.0
 _C.SOLVER.GAMMA = 0.1
 _C.SOLVER.STEPS = (30000,)
-_C.SOLVER.NUM_DECAYS = 3
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
 _C.SOLVER.WARMUP_ITERS = 1000
 _C.SOLVER.WARMUP_METHOD = "linear"
-_C.SOLVER.RESCALE_INTERVAL = False
 _C.SOLVER.CHECKPOINT_PERIOD = 5000
 # Total images per step over all processes.
 _C.SOLVER.IMS_PER_BATCH = 16
@@ -191,32 +158,19 @@ _C.SOLVER.AMP = CN({"ENABLED": False})
 # Test, output, misc
 # ---------------------------------------------------------------------------------------------------------------------
 _C.TEST = CN()
-_C.TEST.EXPECTED_RESULTS = []
 _C.TEST.EVAL_PERIOD = 0
-_C.TEST.KEYPOINT_OKS_SIGMAS = []
-_C.TEST.DETECTIONS_PER_IMAGE = 100
+# Test-time augmentation (adet/modeling/embedmask/tta.py): every MIN_SIZES scale (long side <= MAX_SIZE), each also
+# flipped when FLIP; the detections of all of them merged by NMS.
 _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
-_C.TEST.PRECISE_BN = CN({"ENABLED": False})
-_C.TEST.PRECISE_BN.NUM_ITER = 200
 
 _C.OUTPUT_DIR = "./output"
 # < 0: a different random seed per run; >= 0: deterministic data order and initialisation.
 _C.SEED = -1
+# torch.backends.cudnn.benchmark: faster convolutions for inputs of few distinct sizes, not bit-reproducible.
 _C.CUDNN_BENCHMARK = False
+# torch.set_float32_matmul_precision: "" leaves torch's default, else "highest", "high" (TF32) or "medium".
 _C.FLOAT32_PRECISION = ""
-_C.VIS_PERIOD = 0
-_C.GLOBAL = CN()
-_C.GLOBAL.HACK = 1.0
 
-
-def _add_unused_keys(cfg: CN) -> None:
-    with open(os.path.join(os.path.dirname(__file__), "unused_defaults.yaml")) as f:
-        unused = yaml.safe_load(f)
-    for key, value in unused["MODEL"].items():
-        cfg.MODEL[key] = CN(value) if isinstance(value, dict) else value
-
-
-_add_unused_keys(_C)

@@ -31,7 +31,8 @@ class DatasetError(ValueError):
     """A dataset file or folder that cannot be used; the message names it."""
 
 
-def _read_json(json_file: str) -> dict:
+def read_coco_json(json_file: str) -> dict:
+    """A COCO instances file as a dict; DatasetError naming the file if it is missing or not one."""
     if not os.path.isfile(json_file):
         raise DatasetError(f"{json_file}: annotation file does not exist")
     try:
@@ -54,7 +55,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     """
     if not os.path.isdir(image_root):
         raise DatasetError(f"{image_root}: image folder does not exist")
-    data = _read_json(json_file)
+    data = read_coco_json(json_file)
     categories = sorted(data["categories"], key=lambda c: c["id"])
     id_map = {c["id"]: i for i, c in enumerate(categories)}
     if dataset_name is not None:
@@ -102,4 +103,4 @@ def register_coco_instances(name: str, metadata: dict, json_file: str, image_roo
 
 def coco_class_names(json_file: str) -> list[str]:
     """The category names of a COCO json, in contiguous-id order (sorted by COCO id)."""
-    return [c["name"] for c in sorted(_read_json(json_file)["categories"], key=lambda c: c["id"])]
+    return [c["name"] for c in sorted(read_coco_json(json_file)["categories"], key=lambda c: c["id"])]

@@ -90,8 +90,6 @@ class DatasetMapper:
 
     @classmethod
     def from_config(cls, cfg, is_train: bool, seed: int | None = None) -> DatasetMapper:
-        if cfg.INPUT.CROP.ENABLED:
-            raise ValueError("INPUT.CROP.ENABLED: random crops are not supported (EmbedMask configs do not use them)")
         if is_train:
             resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                         cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 
 import torch
@@ -16,18 +17,31 @@ from adet.data.catalog import DatasetCatalog
 from adet.utils import comm
 
 from .launch import LaunchError
+from .preflight import PreflightError
 from .trainer import TrainingDivergedError
 
 # Errors a user can act on: reported as one line, never as a traceback.
 USER_ERRORS = (ConfigError, DatasetError, WeightFileError, ImageReadError, LaunchError, FileNotFoundError,
-               TrainingDivergedError)
+               TrainingDivergedError, PreflightError)
 
 
-def default_argument_parser(description: str = "EmbedMask training and evaluation") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog="Trailing KEY VALUE pairs override config keys, e.g. "
-                                            "SOLVER.IMS_PER_BATCH 2 MODEL.WEIGHTS models/x.pth")
-    parser.add_argument("--config-file", default="", metavar="FILE", help="path to a config file")
+class ArgumentParser(argparse.ArgumentParser):
+    """Options and trailing ``KEY VALUE`` overrides in any order (``... OUTPUT_DIR out --resume`` resumes)."""
+
+    def parse_args(self, args=None, namespace=None):  # noqa: D102 - argparse's
+        return self.parse_intermixed_args(args, namespace)
+
+
+CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
+
+
+def default_argument_parser(description: str = "EmbedMask training and evaluation",
+                            prog: str | None = None) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog="KEY VALUE pairs (anywhere on the line) override config keys, e.g. "
+                                   "SOLVER.IMS_PER_BATCH 2 MODEL.WEIGHTS models/x.pth")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="a config file, or a packaged config such as EmbedMask/MS_R_50_1x.yaml")
     parser.add_argument("--resume", action="store_true",
                         help="continue from the last checkpoint in OUTPUT_DIR (model, optimizer, schedule, data order)")
     parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS on DATASETS.TEST")
@@ -40,12 +54,13 @@ def default_argument_parser(description: str = "EmbedMask training and evaluatio
                         help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST")
     parser.add_argument("--log-period", type=int, default=20, metavar="N",
                         help="write losses to the console and metrics.json every N iterations")
-    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
     return parser
 
 
-def register_datasets_from_args(specs: list[str]) -> list[str]:
-    """Register ``NAME=ANNOTATIONS.json:IMAGES/`` datasets (class names come from the json); returns the names."""
+def register_datasets_from_args(specs: list[str], quiet: bool = False) -> list[str]:
+    """Register ``NAME=ANNOTATIONS.json:IMAGES/`` datasets (class names come from the json); returns the names.
+    With ``quiet``, a name already registered with the same files is left as it is (workers of one launch)."""
     names = []
     for spec in specs:
         name, sep, paths = spec.partition("=")
@@ -57,6 +72,10 @@ def register_datasets_from_args(specs: list[str]) -> list[str]:
         if not os.path.isdir(image_root):
             raise DatasetError(f"--dataset {name}: image folder {image_root} does not exist")
         if name in DatasetCatalog:
+            metadata = MetadataCatalog.get(name)
+            if quiet and (metadata.get("json_file"), metadata.get("image_root")) == (json_file, image_root):
+                names.append(name)
+                continue
             DatasetCatalog.remove(name)
             MetadataCatalog.remove(name)
         register_coco_instances(name, {"thing_classes": coco_class_names(json_file)}, json_file, image_root)
@@ -67,9 +86,11 @@ def register_datasets_from_args(specs: list[str]) -> list[str]:
 def setup_cfg(args: argparse.Namespace, freeze: bool = True):
     """Config from ``--config-file`` and the trailing overrides. When the first training dataset was given with
     ``--dataset``, MODEL.FCOS.NUM_CLASSES follows its annotation file (unless overridden on the command line)."""
+    from adet.model_zoo import get_config_file
+
     cfg = get_cfg()
     if args.config_file:
-        cfg.merge_from_file(args.config_file)
+        cfg.merge_from_file(get_config_file(args.config_file))
     cfg.merge_from_list(list(args.opts))
     given = [spec.partition("=")[0] for spec in getattr(args, "dataset", [])]
     if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in given and "MODEL.FCOS.NUM_CLASSES" not in args.opts[0::2]:
@@ -83,13 +104,29 @@ def setup_cfg(args: argparse.Namespace, freeze: bool = True):
     return cfg
 
 
+class _EarlyRecords(logging.Handler):
+    """Keeps what is logged before OUTPUT_DIR is known (config notices), to write it into log.txt later."""
+
+    def __init__(self, capacity: int = 1000):
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+        self.capacity = capacity
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if len(self.records) < self.capacity:
+            self.records.append(record)
+
+
 def setup_logger(output_dir: str | None = None, rank: int = 0, name: str = "adet") -> logging.Logger:
-    """INFO to the console on rank 0, everything to ``output_dir/log.txt`` (``log.txt.rank{r}`` on other ranks)."""
+    """INFO to the console on rank 0, everything to ``output_dir/log.txt`` (``log.txt.rank{r}`` on other ranks).
+    Records logged since an earlier call without ``output_dir`` are written to the new log file first."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
+    early = [r for h in logger.handlers if isinstance(h, _EarlyRecords) for r in h.records]
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
+        handler.close()
     formatter = logging.Formatter("[%(asctime)s %(name)s]: %(message)s", datefmt="%m/%d %H:%M:%S")
     if rank == 0:
         console = logging.StreamHandler(sys.stdout)
@@ -102,12 +139,17 @@ def setup_logger(output_dir: str | None = None, rank: int = 0, name: str = "adet
         file_handler = logging.FileHandler(path)
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(formatter)
+        for record in early:
+            file_handler.handle(record)
         logger.addHandler(file_handler)
+    else:
+        logger.addHandler(_EarlyRecords())
     return logger
 
 
-def default_setup(cfg, args: argparse.Namespace) -> None:
-    """Create OUTPUT_DIR, set up logging, save the config there, seed the RNGs and set the thread count."""
+def default_setup(cfg, args: argparse.Namespace | None = None) -> None:
+    """Create OUTPUT_DIR, set up logging, save the config there, seed the RNGs, and apply CUDNN_BENCHMARK and
+    FLOAT32_PRECISION."""
     rank = comm.get_rank()
     if rank == 0 and cfg.OUTPUT_DIR:
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -121,6 +163,9 @@ def default_setup(cfg, args: argparse.Namespace) -> None:
         logger.info("Full config saved to %s", path)
     if cfg.SEED >= 0:
         torch.manual_seed(cfg.SEED + rank)
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    if cfg.FLOAT32_PRECISION:
+        torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
 
 
 def run_cli(main, argv: list[str] | None = None) -> int:

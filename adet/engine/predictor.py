@@ -36,6 +36,11 @@ class DefaultPredictor:
         """Class names saved with the weights (our checkpoints carry them), else None."""
         return self.model.class_names
 
+    @property
+    def category_ids(self) -> list[int] | None:
+        """The dataset's category id of each class, saved with the weights (ours carry them), else None."""
+        return self.model.category_ids
+
     def preprocess(self, image: np.ndarray) -> dict:
         """The model's input dict for one image: resized (3, h, w) float32 BGR plus the original size."""
         image = as_color_uint8(image)

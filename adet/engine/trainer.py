@@ -66,13 +66,19 @@ def reduce_for_logging(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
     return dict(zip(names, values.tolist()))
 
 
-def class_names_of(cfg) -> list[str] | None:
-    names = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("thing_classes") if cfg.DATASETS.TRAIN else None
+def dataset_classes(cfg) -> tuple[list[str] | None, list[int] | None]:
+    """Class names and dataset category ids (in contiguous order) of DATASETS.TRAIN, saved in checkpoints."""
+    if not cfg.DATASETS.TRAIN:
+        return None, None
+    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    names = metadata.get("thing_classes")
     if names is not None and len(names) != cfg.MODEL.FCOS.NUM_CLASSES:
         raise ConfigError(f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]} has {len(names)} classes but "
                           f"MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}; add MODEL.FCOS.NUM_CLASSES "
                           f"{len(names)}")
-    return names
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    ids = [k for k, _ in sorted(id_map.items(), key=lambda kv: kv[1])] if id_map else None
+    return names, ids
 
 
 @dataclass
@@ -125,7 +131,7 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
         checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
         start_iter = 0
     loader = build_detection_train_loader(cfg, seed, start_iter)
-    model.class_names = class_names_of(cfg)
+    model.class_names, model.category_ids = dataset_classes(cfg)
     train_model = model
     if world_size > 1:
         device_ids = [model.device.index] if model.device.type == "cuda" else None

@@ -75,10 +75,6 @@ class FPN(nn.Module):
 def build_fcos_resnet_fpn_backbone(cfg) -> FPN:
     """ResNet + FPN + P6/P7, from ``MODEL.RESNETS``, ``MODEL.FPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
     resnets = cfg.MODEL.RESNETS
-    if cfg.MODEL.BACKBONE.ANTI_ALIAS or resnets.DEFORM_INTERVAL > 1 or cfg.MODEL.MOBILENET or any(
-            resnets.DEFORM_ON_PER_STAGE):
-        raise ValueError("MODEL.BACKBONE: anti-aliased, deformable and MobileNet backbones are not supported; "
-                         "EmbedMask uses a plain ResNet")
     if cfg.MODEL.FPN.NORM != "":
         raise ValueError(f"MODEL.FPN.NORM: only '' (no norm) is supported, got '{cfg.MODEL.FPN.NORM}'")
     if cfg.MODEL.FPN.FUSE_TYPE != "sum":

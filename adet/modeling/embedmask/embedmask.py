@@ -60,8 +60,10 @@ class EmbedMask(nn.Module):
         self.mask_threshold = mask_threshold
         self.mask_loss_type = mask_loss_type
         self.mask_loss_alpha = mask_loss_alpha
-        # Class names of the data the weights were trained on; saved in our checkpoints for the demo's labels.
+        # Class names and dataset category ids (e.g. COCO's) of the data the weights were trained on, saved in our
+        # checkpoints: labels and scorable results without the dataset at hand.
         self.class_names: list[str] | None = None
+        self.category_ids: list[int] | None = None
         # channels_last after prepare_for_inference on the CPU.
         self.input_memory_format = torch.contiguous_format
 

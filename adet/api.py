@@ -1,0 +1,226 @@
+"""The Python API: a model from a checkpoint in one call, predictions on paths, PIL images or arrays.
+
+    import adet
+    model = adet.load("output/embedmask_synthetic/model_final.pth")  # our checkpoints carry their config
+    result = model("image.jpg")                                     # or a PIL image, or an array (format="BGR")
+    print(result.class_names, result.scores, result.boxes)           # and .masks, .polygons, .category_ids
+    result.save("drawn.jpg"); coco_results = result.to_json()
+
+Official checkpoints carry no config: ``adet.load("models/EmbedMask_R_50_1x.pth", config="EmbedMask/MS_R_50_1x.yaml")``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from adet.checkpoint import CheckpointError, read_checkpoint_file, resolve_weight_path
+from adet.config import CfgNode, get_cfg
+from adet.data.image_io import as_color_uint8, read_image
+from adet.structures import Instances
+
+DEFAULT_CONFIG = "EmbedMask/MS_R_50_1x.yaml"
+
+
+def load_config(weights: str = "", config: str | None = None, overrides: Sequence[Any] = (),
+                device: str | None = None) -> CfgNode:
+    """The config for ``weights``: ``config`` (a file or packaged name) if given, else the one the checkpoint
+    carries, else the official R-50 config; then ``overrides`` (KEY VALUE ...). ``weights`` becomes MODEL.WEIGHTS
+    when given (otherwise the overrides' or the config's). ``device`` None: CUDA when available, else the CPU."""
+    import torch
+
+    from adet.model_zoo import get_config_file
+
+    overrides = list(overrides)
+    if not weights and "MODEL.WEIGHTS" in overrides[0::2]:
+        weights = str(overrides[overrides[0::2].index("MODEL.WEIGHTS") * 2 + 1])
+    cfg = get_cfg()
+    if config:
+        cfg.merge_from_file(get_config_file(config))
+    else:
+        embedded = checkpoint_config(weights) if weights else None
+        if embedded is not None:
+            cfg.merge_from_other_cfg(embedded)
+        else:
+            cfg.merge_from_file(get_config_file(DEFAULT_CONFIG))
+    cfg.merge_from_list(overrides)
+    if weights:
+        cfg.MODEL.WEIGHTS = weights
+    if device is not None:
+        cfg.MODEL.DEVICE = device
+    elif "MODEL.DEVICE" not in overrides[0::2]:
+        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+    return cfg
+
+
+def checkpoint_config(weights: str) -> CfgNode | None:
+    """The config saved in one of our checkpoints (None for official checkpoints and ImageNet weights)."""
+    path = resolve_weight_path(weights)
+    if path.endswith(".pkl"):
+        return None
+    text = read_checkpoint_file(path).get("config")
+    if not isinstance(text, str):
+        return None
+    try:
+        return CfgNode.load_cfg(text)
+    except Exception as e:  # noqa: BLE001 - any YAML or type problem means the saved config is unusable
+        raise CheckpointError(f"{weights}: its saved config cannot be read ({str(e).splitlines()[0]})") from None
+
+
+class Prediction:
+    """The detections of one image, in its pixels.
+
+    Attributes: ``boxes`` (N, 4) float32 XYXY, ``scores`` (N,) (sqrt(class x centerness) probabilities),
+    ``class_ids`` (N,) contiguous 0..K-1, ``class_names`` (N names), ``category_ids`` (N,) the dataset's ids (COCO ids
+    for COCO models), ``masks`` (N, H, W) bool, ``polygons`` (per instance, a list of flat [x0, y0, x1, y1, ...]
+    outlines), ``instances`` (the model's Instances), ``image`` (the input as BGR uint8).
+    """
+
+    def __init__(self, instances: Instances, image_bgr: np.ndarray, class_names: list[str] | None,
+                 category_ids: list[int] | None, source: str = ""):
+        self.instances = instances
+        self.image = image_bgr
+        self.source = source
+        self.boxes = instances.pred_boxes.tensor.numpy().astype(np.float32)
+        self.scores = instances.scores.numpy().astype(np.float32)
+        self.class_ids = instances.pred_classes.numpy().astype(np.int64)
+        self.masks = instances.pred_masks.numpy().astype(bool) if instances.has("pred_masks") else np.zeros(
+            (len(self.scores), *image_bgr.shape[:2]), bool)
+        self._all_names = class_names
+        self._all_ids = category_ids
+        self._polygons: list[list[list[float]]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+    def __repr__(self) -> str:
+        return f"Prediction({len(self)} instances: {', '.join(self.class_names[:8])}{'...' if len(self) > 8 else ''})"
+
+    @property
+    def class_names(self) -> list[str]:
+        from adet.utils.visualizer import class_label
+
+        return [class_label(int(c), self._all_names) for c in self.class_ids]
+
+    @property
+    def category_ids(self) -> np.ndarray:
+        if self._all_ids is None:
+            return self.class_ids.copy()
+        return np.array([self._all_ids[c] for c in self.class_ids], dtype=np.int64)
+
+    @property
+    def polygons(self) -> list[list[list[float]]]:
+        if self._polygons is None:
+            self._polygons = [mask_to_polygons(m) for m in self.masks]
+        return self._polygons
+
+    def to_json(self, image_id: int | str | None = None) -> list[dict]:
+        """COCO results: ``image_id``, ``category_id`` (dataset id), ``bbox`` XYWH, ``score``, ``segmentation`` RLE;
+        plus ``category_name``. ``image_id`` None: the numeric stem of the source file, else its name."""
+        from adet.evaluation import instances_to_coco_json
+
+        if image_id is None:
+            image_id = image_id_from_name(self.source) if self.source else 0
+        results = instances_to_coco_json(self.instances, image_id)
+        for record, category, name in zip(results, self.category_ids.tolist(), self.class_names):
+            record["category_id"] = int(category)
+            record["category_name"] = name
+        return results
+
+    def draw(self) -> np.ndarray:
+        """The image (BGR uint8, as cv2 uses) with masks, boxes and "name score%" labels drawn."""
+        from adet.utils.visualizer import draw_instance_predictions
+
+        return draw_instance_predictions(self.image, self.instances, self._all_names)
+
+    def save(self, path: str) -> str:
+        """Write :meth:`draw` to ``path`` (format from the extension)."""
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        if not cv2.imwrite(path, self.draw()):
+            raise OSError(f"{path}: could not write the image (unknown extension or unwritable location)")
+        return path
+
+
+class Predictor:
+    """A model ready to predict: ``predictor(image)`` -> :class:`Prediction`, ``predictor([a, b])`` -> a list.
+
+    ``image``: a file path, a PIL image, or an (H, W, 3) uint8 array whose channel order ``format`` states ("BGR", as
+    cv2 reads, by default; "RGB" as PIL and matplotlib use).
+    """
+
+    def __init__(self, cfg: CfgNode):
+        from adet.engine import DefaultPredictor
+
+        self.cfg = cfg
+        self.predictor = DefaultPredictor(cfg)
+        self.class_names = self.predictor.class_names or _dataset_metadata(cfg, "thing_classes")
+        self.category_ids = self.predictor.category_ids
+        if self.category_ids is None and self.class_names is not None:
+            id_map = _dataset_metadata(cfg, "thing_dataset_id_to_contiguous_id")
+            if id_map and len(id_map) == len(self.class_names):
+                self.category_ids = [k for k, _ in sorted(id_map.items(), key=lambda kv: kv[1])]
+
+    def __call__(self, images, format: str = "BGR"):
+        if isinstance(images, (list, tuple)):
+            return [self.predict(image, format) for image in images]
+        return self.predict(images, format)
+
+    def predict(self, image, format: str = "BGR") -> Prediction:
+        bgr, source = as_bgr(image, format)
+        instances = self.predictor(bgr)["instances"].to("cpu")
+        return Prediction(instances, bgr, self.class_names, self.category_ids, source)
+
+
+def load(weights: str, config: str | None = None, device: str | None = None, confidence: float | None = None,
+         overrides: Sequence[Any] = ()) -> Predictor:
+    """A :class:`Predictor` for a checkpoint (its own config, or ``config``: a file or packaged name).
+    ``confidence``: keep detections whose score is at least this (default: the config's 0.05 on class x centerness,
+    i.e. scores from 0.22)."""
+    overrides = list(overrides)
+    if confidence is not None:
+        overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", float(confidence) ** 2]
+    return Predictor(load_config(weights, config, overrides, device))
+
+
+def as_bgr(image, format: str = "BGR") -> tuple[np.ndarray, str]:
+    """(H, W, 3) uint8 BGR and a source name from a path, a PIL image or an array in ``format``."""
+    if format not in ("BGR", "RGB"):
+        raise ValueError(f"format must be 'BGR' or 'RGB', got {format!r}")
+    if isinstance(image, (str, os.PathLike)):
+        return read_image(os.fspath(image), format="BGR"), os.fspath(image)
+    if type(image).__module__.startswith("PIL."):
+        return np.ascontiguousarray(np.asarray(image.convert("RGB"))[:, :, ::-1]), getattr(image, "filename", "")
+    if isinstance(image, np.ndarray):
+        image = as_color_uint8(image)
+        return (np.ascontiguousarray(image[:, :, ::-1]) if format == "RGB" else image), ""
+    raise TypeError(f"expected a file path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
+
+
+def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer outlines of a bool mask as flat [x0, y0, x1, y1, ...] lists in continuous pixel coordinates (pixel
+    centres at +0.5, as COCO polygons are), each of at least 3 points."""
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    return [(c.reshape(-1).astype(np.float64) + 0.5).tolist() for c in contours if len(c) >= 3]
+
+
+def image_id_from_name(path: str) -> int | str:
+    """COCO's file naming (``000000397133.jpg`` is image 397133): the numeric stem as an int, else the file name."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else os.path.basename(path)
+
+
+def _dataset_metadata(cfg: CfgNode, key: str):
+    from adet.data import MetadataCatalog
+
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        value = MetadataCatalog.get(name).get(key)
+        if value is not None:
+            return value
+    return None
+
+
+__all__ = ["Prediction", "Predictor", "as_bgr", "image_id_from_name", "load", "load_config",
+           "mask_to_polygons"]

@@ -1,0 +1,66 @@
+"""``embedmask``: the command installed with the package. ``embedmask COMMAND --help`` describes each command.
+
+    embedmask train --config-file EmbedMask/MS_R_50_1x.yaml --num-gpus 4 OUTPUT_DIR out/r50
+    embedmask eval --weights out/r50/model_final.pth
+    embedmask predict --weights out/r50/model_final.pth --input photos/ --output drawn/ --json results.json
+    embedmask quickstart
+
+Configs are files or packaged names (``embedmask configs`` lists them); ``KEY VALUE`` pairs override config keys
+and may come anywhere on the line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import sys
+
+# command -> (module, function, one-line help)
+COMMANDS = {
+    "train": ("adet.cli.train", "main", "train a model (tools/train_net.py)"),
+    "eval": ("adet.cli.train", "eval_main", "evaluate weights on DATASETS.TEST with the COCO protocol"),
+    "predict": ("adet.cli.predict", "main", "predict on images, a video or the webcam (demo/demo.py)"),
+    "quickstart": ("adet.cli.quickstart", "main", "train, evaluate and try EmbedMask on the bundled synthetic data"),
+    "configs": ("adet.cli", "list_configs", "list the packaged configs"),
+}
+
+
+def usage() -> str:
+    width = max(len(name) for name in COMMANDS)
+    lines = [f"  {name:<{width}}  {help_text}" for name, (_, _, help_text) in COMMANDS.items()]
+    return ("usage: embedmask COMMAND [options] [KEY VALUE ...]\n\nEmbedMask: embedding coupling for one-stage "
+            "instance segmentation.\n\ncommands:\n" + "\n".join(lines) +
+            "\n\n`embedmask COMMAND --help` for a command's options.")
+
+
+def list_configs(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from adet.model_zoo import list_configs as packaged
+
+    for name in packaged():
+        print(name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from adet import __version__
+    from adet.engine.defaults import run_cli
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        print(f"embedmask {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        hint = difflib.get_close_matches(name, list(COMMANDS), n=1)
+        print(f"error: unknown command '{name}'" + (f" (did you mean '{hint[0]}'?)" if hint else "") +
+              f"; commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
+    module_name, function, _ = COMMANDS[name]
+    command = getattr(importlib.import_module(module_name), function)
+    return run_cli(lambda rest: command(rest, prog=f"embedmask {name}"), argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""``embedmask predict`` (and ``demo/demo.py``): run a model on images, a video or the webcam, draw the predictions
+and optionally save them as COCO results.
+
+    embedmask predict --weights output/x/model_final.pth --input photos/ --output drawn/ --json results.json
+    python demo/demo.py --config-file configs/EmbedMask/MS_R_101_3x.yaml --input demo/images --output demo/outputs \\
+        --opts MODEL.WEIGHTS models/EmbedMask_R_101_3x.pth
+
+``--input`` takes image files, folders and glob patterns; ``--output`` a folder (or a file name for one input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import logging
+import os
+import time
+
+import cv2
+
+from adet.engine.defaults import CONFIG_KEY, ArgumentParser
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description="Run EmbedMask on images, a video or the webcam",
+                            epilog="KEY VALUE pairs (anywhere, or after --opts) override config keys.")
+    parser.add_argument("--config-file", default="", metavar="FILE",
+                        help="a config file or packaged name (default: the checkpoint's own config, else "
+                             "EmbedMask/MS_R_50_1x.yaml)")
+    parser.add_argument("--weights", default="", metavar="CKPT", help="the checkpoint (MODEL.WEIGHTS)")
+    parser.add_argument("--input", nargs="+", default=[], help="image files, folders or glob patterns")
+    parser.add_argument("--video-input", default="", help="a video file to annotate")
+    parser.add_argument("--webcam", action="store_true", help="the first camera (shown, or recorded to --output)")
+    parser.add_argument("--output", default="", help="folder for the drawn images (or a file name for one input)")
+    parser.add_argument("--json", default="", metavar="FILE",
+                        help="save the predictions as COCO results (dataset category ids, RLE masks) to FILE")
+    parser.add_argument("--ground-truth", default="", metavar="JSON",
+                        help="a COCO annotation file of the inputs: --json then uses its image and category ids")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+                        help="minimum score of a kept detection: the score shown in labels and in --json, "
+                             "sqrt(class probability x centerness) (default 0.5)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    parser.add_argument("--opts", dest="flag_opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="config overrides (as in AdelaiDet's demo)")
+    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+    return parser
+
+
+def split_overrides(args: argparse.Namespace) -> list[str]:
+    """All KEY VALUE overrides; pairs that --input's list swallowed (``--input a.jpg MODEL.WEIGHTS w.pth``) are
+    taken back out of it."""
+    overrides = list(args.flag_opts) + list(args.opts)
+    inputs, k = [], 0
+    while k < len(args.input):
+        token = args.input[k]
+        if CONFIG_KEY.match(token) and not os.path.exists(token) and k + 1 < len(args.input):
+            overrides += [token, args.input[k + 1]]
+            k += 2
+        else:
+            inputs.append(token)
+            k += 1
+    args.input = inputs
+    return overrides
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files, every image in a folder (sorted), or glob matches; a pattern matching nothing is an error."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif os.path.isfile(pattern):
+            found = [pattern]
+        else:
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        if not found:
+            raise FileNotFoundError(f"--input {pattern}: no such file, folder or matching images")
+        paths.extend(found)
+    return paths
+
+
+def output_path(output: str, input_path: str, num_inputs: int) -> str:
+    if num_inputs == 1 and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS:
+        return output
+    return os.path.join(output, os.path.basename(input_path))
+
+
+class JsonResults:
+    """COCO-style results users can score: ``category_id`` the dataset's (COCO ids for COCO models), ``image_id``
+    from the ground-truth json when given, else the numeric file stem (COCO's file naming), else the file name; plus
+    ``file_name`` and ``category_name`` of each detection."""
+
+    def __init__(self, path: str, ground_truth: str = ""):
+        self.path, self.records = path, []
+        self.ids_by_file: dict[str, int] = {}
+        self.category_ids_by_name: dict[str, int] = {}
+        if ground_truth:
+            from adet.data.coco import read_coco_json
+
+            data = read_coco_json(ground_truth)
+            for image in data["images"]:
+                self.ids_by_file.setdefault(os.path.basename(image["file_name"]), image["id"])
+            self.category_ids_by_name = {c["name"]: c["id"] for c in data["categories"]}
+
+    def image_id(self, source: str):
+        from adet.api import image_id_from_name
+
+        return self.ids_by_file.get(os.path.basename(source), image_id_from_name(source))
+
+    def add(self, prediction, source: str) -> None:
+        if not self.path:
+            return
+        for record in prediction.to_json(self.image_id(source)):
+            name = record["category_name"]
+            record["category_id"] = self.category_ids_by_name.get(name, record["category_id"])
+            record["file_name"] = source
+            self.records.append(record)
+
+    def save(self) -> None:
+        if self.path:
+            from adet.checkpoint import atomic_write_text
+
+            atomic_write_text(json.dumps(self.records), self.path)
+            print(f"{len(self.records)} detections saved to {self.path}")
+
+
+def run_on_images(predictor, paths: list[str], output: str, results: JsonResults) -> int:
+    """Predict and save each image; unreadable ones are reported and skipped. Returns how many were skipped."""
+    from tqdm import tqdm
+
+    from adet.data import ImageReadError
+
+    skipped = 0
+    bar = tqdm(paths, unit="img", dynamic_ncols=True, disable=None)
+    for path in bar:
+        start = time.perf_counter()
+        try:
+            prediction = predictor.predict(path)
+        except ImageReadError as e:
+            skipped += 1
+            tqdm.write(f"skipped {e}")
+            continue
+        seconds = time.perf_counter() - start
+        results.add(prediction, path)
+        if bar.disable:
+            noun = "instance" if len(prediction) == 1 else "instances"
+            print(f"{path}: {len(prediction)} {noun} in {seconds:.2f}s", flush=True)
+        else:
+            bar.set_description(os.path.basename(path))
+            bar.set_postfix_str(f"{seconds:.2f}s/img")
+        if output:
+            prediction.save(output_path(output, path, len(paths)))
+    return skipped
+
+
+def run_on_video(predictor, capture, output_file: str, results: JsonResults, source: str, show: bool = False) -> int:
+    """Annotate every frame of an opened cv2.VideoCapture into ``output_file`` (mp4) and/or a window."""
+    from tqdm import tqdm
+
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    writer = None
+    count = 0
+    with tqdm(total=frames, unit="frame", dynamic_ncols=True, disable=None) as bar:
+        while True:
+            ok, frame = capture.read()
+            if not ok:
+                break
+            prediction = predictor.predict(frame, "BGR")
+            results.add(prediction, f"{source}#{count}")
+            drawn = prediction.draw()
+            if output_file:
+                if writer is None:
+                    writer = cv2.VideoWriter(output_file, cv2.VideoWriter_fourcc(*"mp4v"), fps,
+                                             (drawn.shape[1], drawn.shape[0]))
+                    if not writer.isOpened():
+                        raise OSError(f"--output {output_file}: cannot write a video there")
+                writer.write(drawn)
+            if show:
+                cv2.imshow("EmbedMask", drawn)
+                if cv2.waitKey(1) == 27:  # Esc
+                    break
+            count += 1
+            bar.update(1)
+    if writer is not None:
+        writer.release()
+    return count
+
+
+def video_output_path(output: str, source: str) -> str:
+    if not output:
+        return ""
+    if os.path.splitext(output)[1]:
+        return output
+    return os.path.join(output, os.path.splitext(os.path.basename(source))[0] + ".mp4")
+
+
+def opencv_has_gui() -> bool:
+    """False for opencv-python-headless, whose build information reads "GUI: NONE"."""
+    for line in cv2.getBuildInformation().splitlines():
+        if line.strip().startswith("GUI:"):
+            return "NONE" not in line
+    return True
+
+
+def open_webcam(output: str):
+    """Camera 0, and whether to show it in a window (without --output, which needs a GUI-enabled OpenCV)."""
+    show = not output
+    if show and not opencv_has_gui():
+        raise FileNotFoundError("--webcam: this OpenCV build cannot open windows (opencv-python-headless); pass "
+                                "--output FILE.mp4 to record the annotated stream instead")
+    capture = cv2.VideoCapture(0)
+    if not capture.isOpened():
+        raise FileNotFoundError("--webcam: no camera found (could not open camera 0)")
+    return capture, show
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    from adet.api import Predictor, load_config
+    from adet.engine.defaults import setup_logger
+    from adet.engine.preflight import check_output_file, check_output_folder
+
+    args = build_parser(prog).parse_args(argv)
+    overrides = split_overrides(args)
+    setup_logger()
+    sources = sum(bool(x) for x in (args.input, args.video_input, args.webcam))
+    if sources != 1:
+        raise FileNotFoundError("pass exactly one of --input (images), --video-input (a video) or --webcam")
+    paths = expand_inputs(args.input) if args.input else []
+    if args.video_input and not os.path.isfile(args.video_input):
+        raise FileNotFoundError(f"--video-input {args.video_input}: no such file")
+    # Where results go is checked before the model is loaded and any image is processed.
+    if args.output:
+        single_file = (len(paths) == 1 and os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS) or (
+            not paths and os.path.splitext(args.output)[1])
+        (check_output_file if single_file else check_output_folder)(args.output, "--output")
+    if args.json:
+        check_output_file(args.json, "--json")
+    overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
+    cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
+    results = JsonResults(args.json, args.ground_truth)
+    predictor = Predictor(cfg)
+    if paths:
+        skipped = run_on_images(predictor, paths, args.output, results)
+        print(f"{len(paths) - skipped} image(s) processed" + (f", {skipped} skipped" if skipped else "")
+              + (f"; results in {args.output}" if args.output else ""))
+    elif args.video_input:
+        capture = cv2.VideoCapture(args.video_input)
+        if not capture.isOpened():
+            raise FileNotFoundError(f"--video-input {args.video_input}: not a readable video")
+        target = video_output_path(args.output, args.video_input)
+        frames = run_on_video(predictor, capture, target, results, args.video_input)
+        capture.release()
+        print(f"{frames} frame(s) processed" + (f"; annotated video in {target}" if target else ""))
+    else:
+        capture, show = open_webcam(args.output)
+        target = video_output_path(args.output, "webcam")
+        frames = run_on_video(predictor, capture, target, results, "webcam", show=show)
+        capture.release()
+        print(f"{frames} frame(s) processed")
+    results.save()
