@@ -200,8 +200,9 @@ def as_bgr(image, format: str = "BGR") -> tuple[np.ndarray, str]:
 
 
 def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer outlines of a bool mask as flat [x0, y0, x1, y1, ...] lists in continuous pixel coordinates (pixel
-    centres at +0.5, as COCO polygons are), each of at least 3 points."""
+    """Outer outlines of a bool mask as flat [x0, y0, x1, y1, ...] lists in continuous pixel coordinates, each of at
+    least 3 points. They run through the centres of the border pixels (index + 0.5, COCO's convention, as
+    detectron2 converts masks), so a polygon drawn back covers about half a pixel less on each side."""
     contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     return [(c.reshape(-1).astype(np.float64) + 0.5).tolist() for c in contours if len(c) >= 3]
 

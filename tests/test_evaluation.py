@@ -124,3 +124,29 @@ def test_missing_dataset_is_a_one_line_error(tiny_dataset, tmp_path, capsys):
         assert run_cli(train_net.cli, args) == 2
         err = capsys.readouterr().err
         assert "asks for 4 GPUs but this machine has" in err and "MODEL.DEVICE cpu" in err and err.count("\n") == 1
+
+
+def test_faster_coco_eval_gives_pycocotools_statistics(tiny_dataset):
+    """The evaluator's default library (faster-coco-eval) and the fallback agree on all 12 statistics and on the
+    precision table the plots are drawn from."""
+    from adet.evaluation.coco_evaluation import coco_api
+
+    pytest.importorskip("faster_coco_eval")
+    results_file = tiny_dataset["root"] / "eval1" / "inference" / "coco_instances_results.json"
+    if not results_file.exists():
+        load_tool("tools/train_net.py").cli(eval_args(tiny_dataset, tiny_dataset["root"] / "eval1"))
+    predictions = json.load(open(results_file))
+    assert coco_api()[2] == "faster-coco-eval"
+    for task in ("bbox", "segm"):
+        outputs = []
+        for library in ("faster-coco-eval", "pycocotools"):
+            coco_class, eval_class, _ = coco_api(library)
+            with contextlib.redirect_stdout(io.StringIO()):
+                gt = coco_class(tiny_dataset["json"])
+                evaluation = eval_class(gt, gt.loadRes([dict(p) for p in predictions]), task)
+                evaluation.evaluate()
+                evaluation.accumulate()
+                evaluation.summarize()
+            outputs.append((np.asarray(evaluation.stats[:12]), evaluation.eval["precision"]))
+        np.testing.assert_allclose(outputs[0][0], outputs[1][0], atol=1e-12)
+        np.testing.assert_allclose(outputs[0][1], outputs[1][1], atol=1e-12)

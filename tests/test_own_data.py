@@ -58,7 +58,9 @@ def test_train_on_own_json_then_demo_uses_its_class_names(fruit_dataset, tmp_pat
                              "OUTPUT_DIR", str(output_dir)])
     assert set(results["fruit"]) == {"bbox", "segm"} and "AP-apple" in results["fruit"]["segm"]
     checkpoint = torch.load(output_dir / "model_final.pth", weights_only=True)
-    assert checkpoint["class_names"] == ["apple", "pear"]
+    assert checkpoint["class_names"] == ["apple", "pear"] and checkpoint["category_ids"] == [2, 5]
+    # Said before logging to OUTPUT_DIR started, and still in its log.
+    assert "MODEL.FCOS.NUM_CLASSES set to 2, the classes of fruit" in (output_dir / "log.txt").read_text()
     assert checkpoint["model"]["proposal_generator.fcos_head.cls_logits.weight"].shape[0] == 2
     for name in ("loss.png", "lr.png", "per_category_ap.png", "pr_curves.png", "ap.png"):
         image = cv2.imread(str(output_dir / "plots" / name))
@@ -72,6 +74,7 @@ def test_train_on_own_json_then_demo_uses_its_class_names(fruit_dataset, tmp_pat
     assert run_cli(demo.main, args) == 0
     predictions = json.load(open(tmp_path / "predictions.json"))
     assert predictions and {p["category_name"] for p in predictions} <= {"apple", "pear"}
+    assert all(p["category_id"] == {"apple": 2, "pear": 5}[p["category_name"]] for p in predictions)
     assert all(set(p["segmentation"]) == {"size", "counts"} and len(p["bbox"]) == 4 for p in predictions)
     assert os.path.isfile(tmp_path / "drawn" / "1.jpg")
 

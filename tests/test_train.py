@@ -53,9 +53,14 @@ def test_train_writes_checkpoints_metrics_and_config(tiny_data, tmp_path):
     losses = read_losses(output_dir)
     assert sorted(losses) == list(range(6))
     assert set(losses[0]) == {"loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask", "loss_sem"}
-    checkpoint = torch.load(output_dir / "model_final.pth", weights_only=True)
-    assert checkpoint["iteration"] == 5 and checkpoint["class_names"] == ["circle", "square", "triangle", "star"]
-    assert "EmbedMask" in checkpoint["config"] and set(checkpoint) >= {"model", "optimizer", "scheduler"}
+    final = torch.load(output_dir / "model_final.pth", weights_only=True)
+    assert final["iteration"] == 5 and final["class_names"] == ["circle", "square", "triangle", "star"]
+    assert final["category_ids"] == [1, 2, 3, 4] and "EmbedMask" in final["config"]
+    assert "optimizer" not in final and "scheduler" not in final  # weights only: the resumable state is below
+    resumable = torch.load(output_dir / "model_0000005.pth", weights_only=True)
+    assert set(resumable) >= {"model", "optimizer", "scheduler"} and resumable["iteration"] == 5
+    assert (output_dir / "last_checkpoint").read_text() == "model_0000005.pth"
+    assert os.path.getsize(output_dir / "model_final.pth") < 0.6 * os.path.getsize(output_dir / "model_0000005.pth")
 
 
 def test_bad_annotations_are_dropped_with_a_count(tiny_data, tmp_path, caplog):
@@ -226,3 +231,23 @@ def test_torchrun_launch(tiny_data, tmp_path):
     log = open(output_dir / "log.txt").read()
     assert "Rank 0 of 2" in log and (output_dir / "log.txt.rank1").exists()
     assert sorted(read_losses(output_dir)) == [0, 1] and (output_dir / "model_final.pth").exists()
+
+
+def test_best_checkpoint_by_segm_ap_and_a_finished_run_resumes_to_nothing(tiny_data, tmp_path):
+    train_net = load_tool("tools/train_net.py")
+    output_dir = tmp_path / "run"
+    args = tiny_train_args(tiny_data, output_dir, "DATASETS.TEST", "('shapes',)", "TEST.EVAL_PERIOD", "2")
+    train_net.cli(args)
+    with open(output_dir / "metrics.json") as f:
+        evaluations = [r for r in map(json.loads, f) if "segm/AP" in r]
+    assert [r["iteration"] for r in evaluations] == [1, 3, 5]
+    best = torch.load(output_dir / "model_best.pth", weights_only=True)
+    best_eval = max(evaluations, key=lambda r: r["segm/AP"])
+    assert best["best_metric"] == {"name": "segm/AP", "value": best_eval["segm/AP"],
+                                   "iteration": best_eval["iteration"]}
+    assert best["iteration"] == best_eval["iteration"] and "optimizer" not in best
+    before = {name: os.path.getmtime(output_dir / name) for name in os.listdir(output_dir) if name.endswith(".pth")}
+    assert train_net.cli(args + ["--resume"]) == {}
+    after = {name: os.path.getmtime(output_dir / name) for name in os.listdir(output_dir) if name.endswith(".pth")}
+    assert after == before
+    assert "Training already finished (iteration 6 of SOLVER.MAX_ITER 6)" in (output_dir / "log.txt").read_text()

@@ -142,22 +142,26 @@ class DetectionCheckpointer:
         return data
 
     # ---- saving ----------------------------------------------------------------------------------------------------
-    def save(self, name: str, **extra: Any) -> str | None:
-        """Write ``save_dir/name.pth`` atomically with the model, checkpointables and ``extra``, and point
-        ``last_checkpoint`` at it. Returns the path (None when this process does not save)."""
+    def save(self, name: str, resumable: bool = True, **extra: Any) -> str | None:
+        """Write ``save_dir/name.pth`` atomically with the model and ``extra``. A ``resumable`` checkpoint also holds
+        the checkpointables (optimizer, schedule...) and becomes the one ``last_checkpoint`` names; otherwise it holds
+        the weights only (half the size, for inference and fine-tuning). Returns the path (None when this process
+        does not save)."""
         if not self.save_dir or not self.save_to_disk:
             return None
         model = _unwrap(self.model)
         data: dict[str, Any] = {"model": model.state_dict()}
-        for key, obj in self.checkpointables.items():
-            data[key] = obj.state_dict()
+        if resumable:
+            for key, obj in self.checkpointables.items():
+                data[key] = obj.state_dict()
         for key in ("class_names", "category_ids"):
             if getattr(model, key, None) is not None and key not in extra:
                 extra[key] = list(getattr(model, key))
         data.update(extra)
         path = os.path.join(self.save_dir, f"{name}.pth")
         atomic_save(data, path)
-        atomic_write_text(os.path.basename(path), os.path.join(self.save_dir, "last_checkpoint"))
+        if resumable:
+            atomic_write_text(os.path.basename(path), os.path.join(self.save_dir, "last_checkpoint"))
         logger.info("Saved checkpoint %s", path)
         return path
 

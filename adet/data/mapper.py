@@ -79,7 +79,7 @@ class DatasetMapper:
     annotations. Output: ``image`` (3, h, w) uint8 tensor, ``height``/``width`` of the original, ``image_id``,
     ``file_name`` and, in training, ``instances``."""
 
-    def __init__(self, resize: ResizeShortestEdge, is_train: bool, image_format: str = "BGR",
+    def __init__(self, resize: ResizeShortestEdge | None, is_train: bool, image_format: str = "BGR",
                  horizontal_flip: bool = False, mask_format: str = "polygon", seed: int | None = None):
         self.resize = resize
         self.is_train = is_train
@@ -93,6 +93,8 @@ class DatasetMapper:
         if is_train:
             resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                         cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
+        elif cfg.TEST.AUG.ENABLED:
+            resize = None  # test-time augmentation resizes the original image itself, once per scale
         else:
             resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
         return cls(resize, is_train, cfg.INPUT.FORMAT, is_train and cfg.INPUT.HFLIP_TRAIN, cfg.INPUT.MASK_FORMAT,
@@ -109,9 +111,9 @@ class DatasetMapper:
                              f"annotation says {expected[1]}x{expected[0]}")
         record.setdefault("height", image.shape[0])
         record.setdefault("width", image.shape[1])
-        transforms = [self.resize.get_transform(image, rng)]
+        transforms = [self.resize.get_transform(image, rng)] if self.resize is not None else []
         if self.horizontal_flip and rng.random() < 0.5:
-            transforms.append(HFlipTransform(transforms[0].new_w))
+            transforms.append(HFlipTransform(transforms[0].new_w if transforms else image.shape[1]))
         transforms = TransformList(transforms)
         image = transforms.apply_image(image)
         record["image"] = torch.as_tensor(np.ascontiguousarray(image.transpose(2, 0, 1)))

@@ -7,10 +7,12 @@ import os
 
 import torch
 
-from adet.data import build_detection_test_loader
+from adet.data import MetadataCatalog, build_detection_test_loader
 from adet.evaluation import COCOEvaluator, inference_on_dataset
+from adet.evaluation.confusion import confusion_matrix
+from adet.modeling.embedmask.tta import build_tta
 from adet.utils import comm
-from adet.utils.plots import plot_per_category_ap, plot_precision_recall
+from adet.utils.plots import plot_confusion_matrix, plot_per_category_ap, plot_precision_recall
 
 logger = logging.getLogger(__name__)
 
@@ -25,6 +27,18 @@ def format_results(results: dict[str, dict[str, dict[str, float]]]) -> str:
     return "\n".join(lines)
 
 
+def write_confusion_matrix(evaluator: COCOEvaluator, class_names: list[str] | None, prefix: str) -> None:
+    """``prefix.png`` and ``prefix.csv`` (rows predicted class, columns true class, the last one background)."""
+    category_ids = sorted(evaluator.coco_gt.getCatIds())
+    names = class_names if class_names and len(class_names) == len(category_ids) else [str(c) for c in category_ids]
+    matrix = confusion_matrix(evaluator.coco_gt.dataset, evaluator.predictions, category_ids)
+    header = ",".join(["predicted \\ true", *names, "background"])
+    rows = [",".join([name, *map(str, row)]) for name, row in zip([*names, "background"], matrix.tolist())]
+    with open(prefix + ".csv", "w") as f:
+        f.write("\n".join([header, *rows]) + "\n")
+    plot_confusion_matrix(matrix, names, prefix + ".png")
+
+
 def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[str, float]]]:
     """{dataset: {"bbox": {...}, "segm": {...}}} on the main process ({} elsewhere). Predictions are written to
     ``OUTPUT_DIR/inference/coco_instances_results.json`` (``inference/<dataset>/`` when there are several)."""
@@ -32,6 +46,10 @@ def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[s
     if not names:
         raise ValueError("DATASETS.TEST is empty: nothing to evaluate")
     results = {}
+    if cfg.TEST.AUG.ENABLED:
+        model = build_tta(cfg, model)
+        logger.info("Test-time augmentation: scales %s (longest side <= %d)%s", list(cfg.TEST.AUG.MIN_SIZES),
+                    cfg.TEST.AUG.MAX_SIZE, ", each also mirrored" if cfg.TEST.AUG.FLIP else "")
     for name in names:
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", name if len(names) > 1 else "")
         loader = build_detection_test_loader(cfg, name)
@@ -40,8 +58,10 @@ def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[s
         if comm.is_main_process() and results[name]:
             prefix = os.path.join(cfg.OUTPUT_DIR, "plots", f"{name}_" if len(names) > 1 else "")
             os.makedirs(os.path.dirname(prefix), exist_ok=True)
+            class_names = MetadataCatalog.get(name).get("thing_classes")
             plot_per_category_ap(results[name], prefix + "per_category_ap.png")
-            plot_precision_recall(evaluator.coco_evals, prefix + "pr_curves.png")
+            plot_precision_recall(evaluator.coco_evals, prefix + "pr_curves.png", class_names)
+            write_confusion_matrix(evaluator, class_names, prefix + "confusion_matrix")
     if comm.is_main_process():
         logger.info("Evaluation results:\n%s", format_results(results))
     return results

@@ -143,6 +143,39 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
                          seed)
 
 
+def headline_metric(results: dict) -> tuple[str, float] | None:
+    """What model_best.pth is chosen by: segm AP of the first test dataset (bbox AP if it has no masks)."""
+    if not results:
+        return None
+    tasks = next(iter(results.values()))
+    task = "segm" if "segm" in tasks else "bbox"
+    value = tasks.get(task, {}).get("AP")
+    return (f"{task}/AP", value) if value is not None and value == value else None
+
+
+def read_best(output_dir: str) -> float:
+    """The metric of an earlier run's model_best.pth in ``output_dir`` (so a resumed run keeps the real best)."""
+    path = os.path.join(output_dir, "model_best.pth")
+    if not os.path.isfile(path):
+        return float("-inf")
+    try:
+        return float(torch.load(path, map_location="cpu", weights_only=True).get("best_metric", {}).get("value"))
+    except Exception:  # noqa: BLE001 - an unreadable old file is simply replaced by the next best
+        return float("-inf")
+
+
+def save_if_best(state: TrainingState, results: dict, iteration: int, extra: dict, best: float) -> float:
+    """Write model_best.pth (weights only) when this evaluation beats every earlier one; returns the best so far."""
+    metric = headline_metric(results)
+    if not comm.is_main_process() or metric is None or metric[1] <= best:
+        return best
+    name, value = metric
+    state.checkpointer.save("model_best", resumable=False, **extra,
+                            best_metric={"name": name, "value": value, "iteration": iteration})
+    logger.info("New best %s %.2f at iteration %d: saved model_best.pth", name, value, iteration)
+    return value
+
+
 def run_training(state: TrainingState, log_period: int = 20) -> dict:
     """Iterate to SOLVER.MAX_ITER with checkpoints and evaluations; returns the last evaluation's results."""
     cfg, model, train_model, optimizer = state.cfg, state.model, state.train_model, state.optimizer
@@ -153,6 +186,11 @@ def run_training(state: TrainingState, log_period: int = 20) -> dict:
     logger.info("Training %d iterations from %d (seed %d, %d process(es), %d images per step)", max_iter,
                 state.start_iter, seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
     results: dict = {}
+    best = read_best(cfg.OUTPUT_DIR)
+    if state.start_iter >= max_iter:
+        logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
+                    "SOLVER.MAX_ITER to train further.", state.start_iter, max_iter)
+        return results
     config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long to repeat per iteration
     train_model.train()
     data_iter = iter(state.loader)
@@ -189,14 +227,15 @@ def run_training(state: TrainingState, log_period: int = 20) -> dict:
                 writer.tick(iteration, time.perf_counter() - tic)
             extra = {"iteration": iteration, "seed": seed, "config": config_text}
             period = cfg.SOLVER.CHECKPOINT_PERIOD
+            if period > 0 and ((iteration + 1) % period == 0 or last):
+                state.checkpointer.save(f"model_{iteration:07d}", **extra)  # resumable
             if last:
-                state.checkpointer.save("model_final", **extra)
-            elif period > 0 and (iteration + 1) % period == 0:
-                state.checkpointer.save(f"model_{iteration:07d}", **extra)
+                state.checkpointer.save("model_final", resumable=False, **extra)
             eval_period = cfg.TEST.EVAL_PERIOD
             if cfg.DATASETS.TEST and (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
                 results = evaluate_datasets(cfg, model)
                 writer.write_evaluation(iteration, results)
+                best = save_if_best(state, results, iteration, extra, best)
                 train_model.train()
     writer.close()
     if comm.is_main_process():

@@ -102,25 +102,62 @@ def plot_per_category_ap(results: dict[str, dict[str, float]], out_path: str) ->
     return _save(fig, out_path)
 
 
-def plot_precision_recall(coco_evals: dict, out_path: str) -> str | None:
-    """Precision-recall curves (all areas, 100 detections, averaged over categories) at IoU 0.5, 0.75 and averaged
-    over 0.5:0.95, one panel per task."""
+def plot_precision_recall(coco_evals: dict, out_path: str, class_names: list[str] | None = None) -> str | None:
+    """Precision-recall curves at IoU 0.5 (all areas, 100 detections), one panel per task: one thin line per class
+    (named in the legend with its AP50 when there are at most 20 classes) and the mean over classes in bold."""
     plt = _pyplot()
     if plt is None or not coco_evals:
         return None
-    fig, axes = plt.subplots(1, len(coco_evals), figsize=(5.5 * len(coco_evals), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(coco_evals), figsize=(6 * len(coco_evals), 5), squeeze=False)
     for ax, (task, coco_eval) in zip(axes[0], coco_evals.items()):
-        precision = coco_eval.eval["precision"][:, :, :, 0, -1]  # (IoUs, recall points, categories)
+        precision = coco_eval.eval["precision"][0, :, :, 0, -1]  # (recall points, categories) at IoU 0.5
+        precision = np.where(precision > -1, precision, np.nan)
         recall = coco_eval.params.recThrs
-        curves = {"IoU 0.50": precision[0], "IoU 0.75": precision[5], "IoU 0.50:0.95": precision.mean(axis=0)}
-        for label, values in curves.items():
-            values = np.where(values > -1, values, np.nan)
-            with warnings.catch_warnings():  # categories without ground truth are all-NaN
-                warnings.simplefilter("ignore", RuntimeWarning)
-                ax.plot(recall, np.nanmean(values, axis=1), label=label)
-        ax.set(xlabel="recall", ylabel="precision", title=f"{task} precision-recall", xlim=(0, 1), ylim=(0, 1.02))
+        num_classes = precision.shape[1]
+        for k in range(num_classes):
+            if np.isnan(precision[:, k]).all():
+                continue  # a class without ground truth
+            name = class_names[k] if class_names and k < len(class_names) else f"class {k}"
+            label = f"{name} {np.nanmean(precision[:, k]) * 100:.1f}" if num_classes <= 20 else None
+            ax.plot(recall, precision[:, k], linewidth=1, alpha=0.8 if num_classes <= 20 else 0.35,
+                    color=None if num_classes <= 20 else "grey", label=label)
+        with warnings.catch_warnings():  # classes without ground truth are all-NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(precision, axis=1)
+        ax.plot(recall, mean, color="black", linewidth=2.5, label=f"all classes {np.nanmean(mean) * 100:.1f} AP50")
+        ax.set(xlabel="recall", ylabel="precision", title=f"{task} precision-recall (IoU 0.50)", xlim=(0, 1),
+               ylim=(0, 1.02))
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, out_path)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], out_path: str, iou_threshold: float = 0.5,
+                          score_threshold: float = 0.5) -> str | None:
+    """The (K+1, K+1) matrix of :func:`adet.evaluation.confusion.confusion_matrix`, each true-class column
+    normalised to sum to 1, with the counts written in the cells when there are at most 30 classes."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    names = list(class_names) + ["background"]
+    totals = matrix.sum(axis=0, keepdims=True)
+    fractions = np.divide(matrix, totals, out=np.zeros(matrix.shape, dtype=np.float64), where=totals > 0)
+    size = max(5.0, 0.45 * len(names) + 2)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    image = ax.imshow(fractions, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    ticks = np.arange(len(names))
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels(names, rotation=90 if len(names) > 8 else 0, fontsize=8)
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set(xlabel="true class", ylabel="predicted class",
+           title=f"Confusion matrix (mask IoU >= {iou_threshold}, score >= {score_threshold})")
+    if len(names) <= 31:
+        for (row, col), count in np.ndenumerate(matrix):
+            if count:
+                ax.text(col, row, str(count), ha="center", va="center", fontsize=7,
+                        color="white" if fractions[row, col] > 0.5 else "black")
     return _save(fig, out_path)
 
 

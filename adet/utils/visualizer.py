@@ -1,4 +1,5 @@
-"""Draw instance predictions on an image: translucent masks with outlines, boxes, and "class score%" labels."""
+"""Draw instances on an image: translucent masks with outlines and boxes in their class's colour, and "class score%"
+labels placed where they cover no other label."""
 
 from __future__ import annotations
 
@@ -10,13 +11,10 @@ import numpy as np
 from adet.structures import Instances
 
 
-def instance_colors(count: int) -> list[tuple[int, int, int]]:
-    """``count`` well-separated BGR colours (golden-ratio hues), the same for the same index every time."""
-    colors = []
-    for i in range(count):
-        r, g, b = colorsys.hsv_to_rgb((i * 0.618033988749895) % 1.0, 0.75, 0.95)
-        colors.append((int(b * 255), int(g * 255), int(r * 255)))
-    return colors
+def class_color(class_id: int) -> tuple[int, int, int]:
+    """The BGR colour of a class: well-separated hues (golden-ratio steps), the same for a class in every image."""
+    r, g, b = colorsys.hsv_to_rgb((class_id * 0.618033988749895 + 0.1) % 1.0, 0.75, 0.95)
+    return int(b * 255), int(g * 255), int(r * 255)
 
 
 def class_label(class_id: int, class_names: list[str] | None) -> str:
@@ -25,32 +23,70 @@ def class_label(class_id: int, class_names: list[str] | None) -> str:
     return f"class {class_id}"
 
 
-def draw_instance_predictions(image_bgr: np.ndarray, instances: Instances, class_names: list[str] | None = None,
-                              alpha: float = 0.5) -> np.ndarray:
-    """A copy of ``image_bgr`` (H, W, 3 uint8) with the predictions drawn, highest score on top."""
+def _overlaps(a: tuple[int, int, int, int], b: tuple[int, int, int, int]) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def place_label(box: tuple[int, int, int, int], size: tuple[int, int], image_size: tuple[int, int],
+                taken: list[tuple[int, int, int, int]]) -> tuple[int, int, int, int]:
+    """Where a label of ``size`` (w, h) goes for ``box`` (x1, y1, x2, y2): above the box, else inside its top, else
+    below it, else inside its bottom; the first of those inside the image and clear of the ``taken`` labels, else
+    the first one moved down until it is clear (or as far as the image allows)."""
+    (w, h), (height, width) = size, image_size
+    x1, y1, x2, y2 = box
+    x = min(max(x1, 0), max(width - w, 0))
+    candidates = [y1 - h, y1, y2, y2 - h]
+    rects = [(x, y, x + w, y + h) for y in candidates if 0 <= y and y + h <= height]
+    for rect in rects:
+        if not any(_overlaps(rect, other) for other in taken):
+            return rect
+    x, y = (rects[0][0], rects[0][1]) if rects else (x, min(max(y1, 0), max(height - h, 0)))
+    while y + 2 * h <= height and any(_overlaps((x, y, x + w, y + h), other) for other in taken):
+        y += h
+    return x, y, x + w, y + h
+
+
+def draw_instances(image_bgr: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, masks: np.ndarray | None = None,
+                   scores: np.ndarray | None = None, class_names: list[str] | None = None,
+                   alpha: float = 0.5) -> np.ndarray:
+    """A copy of ``image_bgr`` (H, W, 3 uint8) with N instances drawn: ``boxes`` (N, 4) XYXY, ``class_ids`` (N,),
+    ``masks`` (N, H, W) bool or None, ``scores`` (N,) or None (ground truth). Masks and boxes go from the lowest
+    score up (the best on top), then labels from the highest score down (the best in the best place)."""
     canvas = image_bgr.copy()
-    if len(instances) == 0:
+    if len(boxes) == 0:
         return canvas
-    instances = instances.to("cpu")
-    order = instances.scores.argsort().tolist()  # draw low scores first so high scores end up on top
-    colors = instance_colors(len(instances))
+    order = np.argsort(scores, kind="stable").tolist() if scores is not None else list(range(len(boxes)))
     height, width = canvas.shape[:2]
     thickness = max(1, round(min(height, width) / 400))
     font_scale = max(0.4, min(height, width) / 1000)
     for index in order:
-        color = colors[index]
-        if instances.has("pred_masks"):
-            mask = instances.pred_masks[index].numpy() > 0.5
-            if mask.any():
-                canvas[mask] = (canvas[mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
-                contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-                cv2.drawContours(canvas, contours, -1, color, thickness, lineType=cv2.LINE_AA)
-        x1, y1, x2, y2 = (int(round(v)) for v in instances.pred_boxes.tensor[index].tolist())
+        color = class_color(int(class_ids[index]))
+        if masks is not None and masks[index].any():
+            mask = masks[index].astype(bool)
+            canvas[mask] = (canvas[mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
+            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            cv2.drawContours(canvas, contours, -1, color, thickness, lineType=cv2.LINE_AA)
+        x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[index])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, lineType=cv2.LINE_AA)
-        text = f"{class_label(int(instances.pred_classes[index]), class_names)} {instances.scores[index] * 100:.0f}%"
+    taken: list[tuple[int, int, int, int]] = []
+    for index in reversed(order):
+        text = class_label(int(class_ids[index]), class_names)
+        if scores is not None:
+            text += f" {float(scores[index]) * 100:.0f}%"
         (text_w, text_h), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, font_scale, thickness)
-        top = y1 - text_h - baseline - 2 if y1 - text_h - baseline - 2 >= 0 else y1
-        cv2.rectangle(canvas, (x1, top), (x1 + text_w + 2, top + text_h + baseline + 2), color, -1)
-        cv2.putText(canvas, text, (x1 + 1, top + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale, (255, 255, 255),
-                    thickness, lineType=cv2.LINE_AA)
+        box = tuple(int(round(float(v))) for v in boxes[index])
+        rect = place_label(box, (text_w + 2, text_h + baseline + 2), (height, width), taken)
+        taken.append(rect)
+        cv2.rectangle(canvas, rect[:2], (rect[2] - 1, rect[3] - 1), class_color(int(class_ids[index])), -1)
+        cv2.putText(canvas, text, (rect[0] + 1, rect[1] + text_h + 1), cv2.FONT_HERSHEY_SIMPLEX, font_scale,
+                    (255, 255, 255), thickness, lineType=cv2.LINE_AA)
     return canvas
+
+
+def draw_instance_predictions(image_bgr: np.ndarray, instances: Instances, class_names: list[str] | None = None,
+                              alpha: float = 0.5) -> np.ndarray:
+    """A model's output Instances (``pred_boxes``, ``scores``, ``pred_classes``, optional ``pred_masks``) drawn."""
+    instances = instances.to("cpu")
+    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
+    return draw_instances(image_bgr, instances.pred_boxes.tensor.numpy(), instances.pred_classes.numpy(), masks,
+                          instances.scores.numpy(), class_names, alpha)

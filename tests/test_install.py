@@ -1,0 +1,65 @@
+"""A non-editable install (``pip install .``) into a fresh virtual environment, used from another directory: what a
+user of a wheel gets must train, predict from the checkpoint alone, and write results pycocotools scores."""
+
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import pytest
+
+from .conftest import ROOT, shapes_image
+
+pytestmark = pytest.mark.slow
+
+
+def run(command, cwd, env, timeout=900):
+    done = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{' '.join(map(str, command))}\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+    return done
+
+
+def test_wheel_install_trains_predicts_and_writes_scorable_json(tmp_path):
+    venv = tmp_path / "venv"
+    # The dependencies (torch...) come from this interpreter's site-packages; the package itself is built and
+    # installed non-editable, without network.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
+    python, embedmask = venv / "bin" / "python", venv / "bin" / "embedmask"
+    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
+         ROOT], tmp_path, None)
+    wheel = next((tmp_path / "dist").glob("embedmask-*.whl"))
+    run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], tmp_path, None)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+    env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), OMP_NUM_THREADS="2")
+    env.pop("PYTHONPATH", None)
+    location = run([python, "-c", "import adet; print(adet.__file__)"], work, env).stdout.strip()
+    assert location.startswith(str(venv)), location  # the installed copy, not the checkout
+
+    run([embedmask, "train", "--config-file", "EmbedMask/Synthetic.yaml", "SOLVER.MAX_ITER", "3",
+         "SOLVER.IMS_PER_BATCH", "2", "DATASETS.TEST", "()", "OUTPUT_DIR", "out", "DATALOADER.NUM_WORKERS", "0"],
+        work, env)
+    assert (work / "out" / "model_final.pth").is_file() and (work / "out" / "config.yaml").is_file()
+
+    images = work / "val2017"
+    images.mkdir()
+    gt_images = []
+    for image_id in (632, 724):
+        name = f"{image_id:012d}.jpg"
+        cv2.imwrite(str(images / name), shapes_image(128, 160, seed=image_id)[0])
+        gt_images.append({"id": image_id, "file_name": name, "height": 128, "width": 160})
+    gt = {"images": gt_images, "annotations": [
+        {"id": 1, "image_id": 632, "category_id": 2, "bbox": [10, 10, 40, 50], "area": 2000.0, "iscrowd": 0,
+         "segmentation": [[10, 10, 50, 10, 50, 60, 10, 60]]}],
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(["circle", "square", "triangle", "star"])]}
+    (work / "gt.json").write_text(json.dumps(gt))
+    run([embedmask, "predict", "--weights", "out/model_final.pth", "--input", "val2017", "--output", "drawn",
+         "--json", "results.json", "--confidence-threshold", "0"], work, env)
+    assert sorted(os.listdir(work / "drawn")) == ["000000000632.jpg", "000000000724.jpg"]
+    check = ("from pycocotools.coco import COCO; import json; gt = COCO('gt.json'); "
+             "res = json.load(open('results.json')); gt.loadRes(res); "
+             "print(json.dumps({'count': len(res), 'images': sorted({r['image_id'] for r in res}), "
+             "'categories': sorted({r['category_id'] for r in res})}))")
+    summary = json.loads(run([python, "-c", check], work, env).stdout.strip().splitlines()[-1])
+    assert summary["count"] > 0 and set(summary["images"]) <= {632, 724} and set(summary["categories"]) <= {1, 2, 3, 4}
