@@ -169,6 +169,10 @@ _C.TEST.AUG.FLIP = True
 _C.OUTPUT_DIR = "./output"
 # < 0: a different random seed per run; >= 0: deterministic data order and initialisation.
 _C.SEED = -1
+# Reproducible training (README, "Reproducibility"): torch's deterministic algorithms (an op without one warns, naming
+# itself), deterministic cuDNN, a fixed cuBLAS workspace, and the upsampling gradient without atomic adds on CUDA.
+# CPU training with a fixed SEED is bit-reproducible for a given thread count without it.
+_C.DETERMINISTIC = False
 # torch.backends.cudnn.benchmark: faster convolutions for inputs of few distinct sizes, not bit-reproducible.
 _C.CUDNN_BENCHMARK = False
 # torch.set_float32_matmul_precision: "" leaves torch's default, else "highest", "high" (TF32) or "medium".

@@ -163,7 +163,7 @@ def default_setup(cfg, args: argparse.Namespace | None = None) -> None:
         logger.info("Full config saved to %s", path)
     if cfg.SEED >= 0:
         torch.manual_seed(cfg.SEED + rank)
-    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK)
+    torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK) and not cfg.DETERMINISTIC
     if cfg.FLOAT32_PRECISION:
         torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
 

@@ -47,6 +47,19 @@ def shared_seed(cfg_seed: int) -> int:
     return int(seed.item())
 
 
+def configure_determinism(cfg) -> None:
+    """DETERMINISTIC: torch's deterministic algorithms (warning for an op that has none), deterministic cuDNN
+    without autotuning, and a fixed cuBLAS workspace (read when cuBLAS starts, so set before any CUDA work)."""
+    if not cfg.DETERMINISTIC:
+        return
+    if cfg.CUDNN_BENCHMARK:
+        logger.warning("CUDNN_BENCHMARK True is overridden by DETERMINISTIC True")
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
 def check_finite(loss_dict: dict[str, torch.Tensor], iteration: int) -> None:
     values = torch.stack([v.detach().float() for v in loss_dict.values()])
     if bool(torch.isfinite(values).all()):  # one device sync per iteration, not one per term
@@ -110,6 +123,7 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     optimizer, schedule, iteration and data order) or initialised from MODEL.WEIGHTS."""
     world_size = comm.get_world_size()
     cfg = scale_for_world_size(cfg, world_size)
+    configure_determinism(cfg)
     seed = shared_seed(cfg.SEED)
     # The initial weights too are a function of the seed, whoever calls this (train_net, quickstart, benchmarks).
     torch.manual_seed(seed)

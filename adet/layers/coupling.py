@@ -36,13 +36,29 @@ def mask_probability_reference(pixel_embeddings: torch.Tensor, proposal_embeddin
     pixel_embeddings = pixel_embeddings.to(dtype)
     proposal_embeddings, proposal_margins = proposal_embeddings.to(dtype), proposal_margins.to(dtype)
     num_proposals, dim = proposal_embeddings.shape
-    height, width = pixel_embeddings.shape[-2:]
-    # The same op sequence as the official code, so float32 results agree to the last bit on CPU.
-    pixels = pixel_embeddings.permute(0, 2, 3, 1)[image_indices]  # (P, H, W, D)
-    proposals = proposal_embeddings.view(num_proposals, 1, 1, dim).expand(-1, height, width, -1)
-    margins = proposal_margins.view(num_proposals, 1, 1, dim).expand(-1, height, width, -1)
-    squared_distance = (pixels - proposals) ** 2
-    return torch.exp(-torch.sum(squared_distance * margins, dim=3))
+    pixels = pixel_embeddings.permute(0, 2, 3, 1)  # (N, H, W, D), a view
+    if num_proposals == 0:
+        return _coupling(pixels[image_indices], proposal_embeddings, proposal_margins)
+    # The official op sequence, so float32 results agree to the last bit on CPU, evaluated image by image with the
+    # image's map broadcast over its proposals instead of gathered once per proposal: the gradient of a gather with
+    # repeated indices (index_put_ with accumulate) adds in a thread-dependent order on the CPU, making training
+    # irreproducible; a broadcast's gradient is a fixed reduction.
+    parts, rows_per_image = [], []
+    for image in image_indices.unique().tolist():
+        rows = (image_indices == image).nonzero().squeeze(1)
+        parts.append(_coupling(pixels[image].unsqueeze(0), proposal_embeddings[rows], proposal_margins[rows]))
+        rows_per_image.append(rows)
+    rows = torch.cat(rows_per_image)
+    inverse = torch.empty_like(rows)
+    inverse[rows] = torch.arange(num_proposals, device=rows.device)
+    return torch.cat(parts)[inverse]  # (P, H, W) back in proposal order
+
+
+def _coupling(pixels: torch.Tensor, embeddings: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
+    """pixels (P or 1, H, W, D), embeddings and margins (P, D) -> (P, H, W)."""
+    dim = embeddings.shape[1]
+    squared_distance = (pixels - embeddings.view(-1, 1, 1, dim)) ** 2
+    return torch.exp(-torch.sum(squared_distance * margins.view(-1, 1, 1, dim), dim=3))
 
 
 def mask_probability_no_grad(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
