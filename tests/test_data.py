@@ -96,7 +96,8 @@ def test_load_coco_json_maps_ids_and_drops_bad_polygons(tmp_path, caplog):
     assert len(objects) == 1 and objects[0]["category_id"] == 1 and objects[0]["segmentation"] == [[1, 2, 6, 2, 6, 8]]
     meta = MetadataCatalog.get("test_coco_load")
     assert meta.thing_classes == ["a", "b"] and meta.thing_dataset_id_to_contiguous_id == {2: 0, 7: 1}
-    assert "dropped 2 polygons" in caplog.text and "1 instances without a valid polygon" in caplog.text
+    assert "1 annotation dropped: 1 without a valid polygon (>= 3 points, non-zero area) (ids 2)" in caplog.text
+    assert "invalid polygons removed from an instance that has valid ones (ids 1)" in caplog.text
     with pytest.raises(DatasetError, match="does not exist"):
         load_coco_json(str(tmp_path / "nope.json"), root)
     with pytest.raises(DatasetError, match="image folder"):

@@ -56,7 +56,9 @@ def test_train_on_own_json_then_demo_uses_its_class_names(fruit_dataset, tmp_pat
                              f"fruit={fruit_dataset / 'fruit.json'}:{fruit_dataset / 'images'}",
                              "DATASETS.TRAIN", "('fruit',)", "DATASETS.TEST", "('fruit',)",
                              "OUTPUT_DIR", str(output_dir)])
-    assert set(results["fruit"]) == {"bbox", "segm"} and "AP-apple" in results["fruit"]["segm"]
+    assert set(results["fruit"]) == {"bbox", "segm", "ground_truth"} and "AP-apple" in results["fruit"]["segm"]
+    assert results["fruit"]["ground_truth"] == {"images": 6.0, "annotations": 12.0, "annotations_excluded": 0.0,
+                                                "images_excluded": 0.0}
     checkpoint = torch.load(output_dir / "model_final.pth", weights_only=True)
     assert checkpoint["class_names"] == ["apple", "pear"] and checkpoint["category_ids"] == [2, 5]
     # Said before logging to OUTPUT_DIR started, and still in its log.

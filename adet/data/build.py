@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 
 import numpy as np
 import torch.utils.data as torchdata
@@ -11,7 +10,6 @@ import torch.utils.data as torchdata
 from adet.utils.comm import get_rank, get_world_size
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .coco import xywh_box
 from .image_io import ImageReadError
 from .mapper import DatasetMapper
 from .samplers import InferenceSampler, TrainingBatchSampler
@@ -24,50 +22,15 @@ def trivial_batch_collator(batch: list) -> list:
     return batch
 
 
-def _polygon_area(flat: list[float]) -> float:
-    xy = np.asarray(flat, dtype=np.float64).reshape(-1, 2)
-    return 0.5 * abs(float(np.dot(xy[:, 0], np.roll(xy[:, 1], 1)) - np.dot(xy[:, 1], np.roll(xy[:, 0], 1))))
-
-
-def clean_annotations(record: dict, counts: dict[str, int]) -> dict:
-    """Drop annotations no model can learn from: zero-area or non-finite boxes, boxes entirely outside the image,
-    and polygons of zero area (an instance left without polygons goes too). ``counts`` tallies the reasons."""
-    kept = []
-    for obj in record.get("annotations", []):
-        x, y, w, h = xywh_box(obj)
-        if not all(math.isfinite(v) for v in (x, y, w, h)) or w <= 0 or h <= 0:
-            counts["zero-area or invalid boxes"] += 1
-            continue
-        if x >= record["width"] or y >= record["height"] or x + w <= 0 or y + h <= 0:
-            counts["boxes outside the image"] += 1
-            continue
-        segmentation = obj.get("segmentation")
-        if isinstance(segmentation, list):
-            polygons = [p for p in segmentation if _polygon_area(p) > 0]
-            if len(polygons) < len(segmentation):
-                counts["degenerate polygons"] += len(segmentation) - len(polygons)
-            if not polygons:
-                counts["instances without a valid polygon"] += 1
-                continue
-            obj = dict(obj, segmentation=polygons)
-        kept.append(obj)
-    return dict(record, annotations=kept)
-
-
 def get_detection_dataset_dicts(names: list[str] | tuple[str, ...], filter_empty: bool = True) -> list[dict]:
-    """The concatenated, cleaned dicts of the named datasets (without images lacking a non-crowd annotation when
-    ``filter_empty``), with what was dropped summarised in the log."""
+    """The concatenated dicts of the named datasets (COCO files are validated as they are loaded), without images
+    lacking a non-crowd annotation when ``filter_empty``."""
     if not names:
         raise ValueError("DATASETS.TRAIN is empty: nothing to train on")
     dicts = [d for name in names for d in DatasetCatalog.get(name)]
     classes = [MetadataCatalog.get(n).get("thing_classes") for n in names]  # set while loading
     if any(c != classes[0] for c in classes[1:]):
         raise ValueError(f"DATASETS.TRAIN {list(names)} have different class lists")
-    counts: dict[str, int] = {k: 0 for k in ("zero-area or invalid boxes", "boxes outside the image",
-                                             "degenerate polygons", "instances without a valid polygon")}
-    dicts = [clean_annotations(d, counts) for d in dicts]
-    if any(counts.values()):
-        logger.warning("Dropped bad annotations: %s", ", ".join(f"{v} {k}" for k, v in counts.items() if v))
     if filter_empty:
         before = len(dicts)
         dicts = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d["annotations"])]
@@ -91,6 +54,9 @@ class MapDataset(torchdata.Dataset):
         return len(self.dicts)
 
     def __getitem__(self, item) -> dict:
+        """Training: an unusable image (unreadable, or not of its annotated size) is replaced by another, with a
+        warning. Test: it becomes ``{"skipped": reason, "image_id", "file_name"}``, which inference leaves out and
+        evaluation excludes."""
         if isinstance(item, tuple):
             index, position = item
             rng = np.random.default_rng([self.seed, position])
@@ -98,10 +64,15 @@ class MapDataset(torchdata.Dataset):
                 try:
                     return self.mapper(self.dicts[index], rng)
                 except ImageReadError as e:
-                    logger.warning("Skipping an unreadable training image: %s", e)
+                    logger.warning("Skipping a training image: %s", e)
                     index = int(rng.integers(len(self.dicts)))
-            raise ImageReadError("5 unreadable training images in a row; check the dataset")
-        return self.mapper(self.dicts[item])
+            raise ImageReadError("5 unusable training images in a row (see the warnings above); check the dataset")
+        record = self.dicts[item]
+        try:
+            return self.mapper(record)
+        except ImageReadError as e:
+            logger.warning("Leaving out a test image: %s", e)
+            return {"skipped": str(e), "image_id": record.get("image_id"), "file_name": record.get("file_name")}
 
 
 def build_detection_train_loader(cfg, seed: int, start_iter: int = 0) -> torchdata.DataLoader:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from enum import IntEnum
 
 from .catalog import DatasetCatalog, MetadataCatalog
+from .validation import DatasetError, load_coco
 
 logger = logging.getLogger(__name__)
 
@@ -27,71 +27,36 @@ def xywh_box(obj: dict) -> list[float]:
     return [x, y, a, b]
 
 
-class DatasetError(ValueError):
-    """A dataset file or folder that cannot be used; the message names it."""
-
-
-def read_coco_json(json_file: str) -> dict:
-    """A COCO instances file as a dict; DatasetError naming the file if it is missing or not one."""
-    if not os.path.isfile(json_file):
-        raise DatasetError(f"{json_file}: annotation file does not exist")
-    try:
-        with open(json_file) as f:
-            data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise DatasetError(f"{json_file}: not valid JSON ({e})") from None
-    if not isinstance(data, dict) or "images" not in data or "categories" not in data:
-        raise DatasetError(f"{json_file}: not a COCO instances file (needs 'images' and 'categories')")
-    return data
+def read_coco_json(json_file: str, require_annotations: bool = False) -> dict:
+    """A COCO instances file, validated and cleaned (:mod:`adet.data.validation`); read-only."""
+    return load_coco(json_file, require_annotations)[0]
 
 
 def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = None) -> list[dict]:
-    """Read a COCO instances json into dataset dicts.
+    """Read a COCO instances json into dataset dicts, through the shared validation pass (bad entries dropped or
+    repaired, with a report in the log).
 
     Each dict has ``file_name``, ``height``, ``width``, ``image_id`` and ``annotations``: ``bbox`` (XYWH),
     ``bbox_mode``, ``category_id`` (contiguous 0..K-1), ``segmentation`` (polygons or RLE) and ``iscrowd``.
-    Polygons with fewer than 3 points are dropped, and annotations left without a valid polygon are skipped, with
-    a count in the log. With ``dataset_name``, the class names and id mapping are stored in its metadata.
+    With ``dataset_name``, the class names and id mapping are stored in its metadata.
     """
     if not os.path.isdir(image_root):
         raise DatasetError(f"{image_root}: image folder does not exist")
-    data = read_coco_json(json_file)
+    data, _ = load_coco(json_file, require_annotations=False)  # an image-info file (test-dev) is inference input
     categories = sorted(data["categories"], key=lambda c: c["id"])
     id_map = {c["id"]: i for i, c in enumerate(categories)}
     if dataset_name is not None:
         MetadataCatalog.get(dataset_name).set(thing_classes=[c["name"] for c in categories],
                                               thing_dataset_id_to_contiguous_id=id_map)
     annotations_per_image: dict[int, list[dict]] = {}
-    for ann in data.get("annotations", []):
-        annotations_per_image.setdefault(ann["image_id"], []).append(ann)
-
-    dataset, dropped_polygons, dropped_instances, bad_category = [], 0, 0, 0
-    for image in data["images"]:
-        objects = []
-        for ann in annotations_per_image.get(image["id"], []):
-            if ann.get("category_id") not in id_map:
-                bad_category += 1
-                continue
-            obj = {"bbox": [float(v) for v in ann["bbox"]], "bbox_mode": BoxMode.XYWH_ABS,
-                   "category_id": id_map[ann["category_id"]], "iscrowd": int(ann.get("iscrowd", 0))}
-            segmentation = ann.get("segmentation")
-            if isinstance(segmentation, list):
-                valid = [p for p in segmentation if len(p) % 2 == 0 and len(p) >= 6]
-                dropped_polygons += len(segmentation) - len(valid)
-                if not valid:
-                    dropped_instances += 1
-                    continue
-                obj["segmentation"] = valid
-            elif isinstance(segmentation, dict):
-                obj["segmentation"] = segmentation
-            objects.append(obj)
-        dataset.append({"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
-                        "width": image["width"], "image_id": image["id"], "annotations": objects})
-    if dropped_instances or dropped_polygons or bad_category:
-        logger.warning("%s: dropped %d polygons with < 3 points, %d instances without a valid polygon and %d "
-                       "annotations of unknown categories", json_file, dropped_polygons, dropped_instances,
-                       bad_category)
-    logger.info("Loaded %d images from %s", len(dataset), json_file)
+    for ann in data["annotations"]:
+        obj = {"bbox": list(ann["bbox"]), "bbox_mode": BoxMode.XYWH_ABS, "category_id": id_map[ann["category_id"]],
+               "iscrowd": ann["iscrowd"], "segmentation": ann["segmentation"], "id": ann["id"]}
+        annotations_per_image.setdefault(ann["image_id"], []).append(obj)
+    dataset = [{"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
+                "width": image["width"], "image_id": image["id"], "annotations": annotations_per_image.get(
+                    image["id"], [])} for image in data["images"]]
+    logger.info("Loaded %d images and %d annotations from %s", len(dataset), len(data["annotations"]), json_file)
     return dataset
 
 

@@ -7,7 +7,18 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 
 class ImageReadError(OSError):
-    """An image file that cannot be decoded; the message names the file."""
+    """An image file that cannot be decoded or used; the message names the file."""
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ImageSizeError(ImageReadError):
+    """An image whose size differs from the one its annotation file gives."""
 
 
 def read_image(path: str, format: str = "BGR") -> np.ndarray:

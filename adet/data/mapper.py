@@ -13,7 +13,7 @@ import torch
 from adet.structures import BitMasks, Boxes, Instances, PolygonMasks
 
 from .coco import BoxMode
-from .image_io import read_image
+from .image_io import ImageSizeError, read_image
 from .transforms import HFlipTransform, ResizeShortestEdge, TransformList
 
 logger = logging.getLogger(__name__)
@@ -107,8 +107,9 @@ class DatasetMapper:
         image = read_image(record["file_name"], self.image_format)
         expected = (record.get("height"), record.get("width"))
         if None not in expected and image.shape[:2] != expected:
-            raise ValueError(f"{record['file_name']}: image is {image.shape[1]}x{image.shape[0]} (WxH) but its "
-                             f"annotation says {expected[1]}x{expected[0]}")
+            hint = " (rotated by its EXIF orientation?)" if image.shape[:2] == expected[::-1] else ""
+            raise ImageSizeError(f"{record['file_name']}: the image is {image.shape[1]}x{image.shape[0]} (WxH) but "
+                                 f"the annotation file says {expected[1]}x{expected[0]}{hint}")
         record.setdefault("height", image.shape[0])
         record.setdefault("width", image.shape[1])
         transforms = [self.resize.get_transform(image, rng)] if self.resize is not None else []

@@ -22,6 +22,11 @@ def format_results(results: dict[str, dict[str, dict[str, float]]]) -> str:
     lines = []
     for dataset, tasks in results.items():
         for task, metrics in tasks.items():
+            if task == "ground_truth":
+                lines.append(f"{dataset} ground truth: {metrics['annotations']:.0f} annotations on "
+                             f"{metrics['images']:.0f} images evaluated; {metrics['annotations_excluded']:.0f} "
+                             f"annotations and {metrics['images_excluded']:.0f} images excluded")
+                continue
             headline = {k: v for k, v in metrics.items() if not k.startswith("AP-")}
             lines.append(f"{dataset} {task:4s}: " + "  ".join(f"{k} {v:.2f}" for k, v in headline.items()))
     return "\n".join(lines)

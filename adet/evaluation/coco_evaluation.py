@@ -18,6 +18,7 @@ import pycocotools.mask as mask_util
 
 from adet.data.catalog import DatasetCatalog, MetadataCatalog
 from adet.data.coco import xywh_box
+from adet.data.validation import load_coco, validate_coco
 from adet.structures import Instances
 from adet.utils.comm import all_gather, is_main_process, synchronize
 
@@ -104,8 +105,12 @@ def dataset_to_coco_dict(dataset_name: str) -> dict:
 
 class COCOEvaluator:
     """Collects predictions with :meth:`process`, then :meth:`evaluate` writes ``coco_instances_results.json`` to
-    ``output_dir`` and returns ``{"bbox": {"AP": ..., "AP50": ..., "AP-<class>": ...}, "segm": {...}}`` in percent
-    (on the main process; other processes get {})."""
+    ``output_dir`` and returns ``{"bbox": {"AP": ..., "AP50": ..., "AP-<class>": ...}, "segm": {...},
+    "ground_truth": {...}}`` in percent (on the main process; other processes get {}).
+
+    The ground truth is the annotation file as the shared validation pass cleaned it (what training saw too); what
+    it excluded, and images that could not be read (left out with :meth:`skip`), are counted under
+    ``"ground_truth"``, logged, and detailed in ``output_dir/ground_truth_report.json``."""
 
     def __init__(self, dataset_name: str, tasks: tuple[str, ...] | None = None, distributed: bool = True,
                  output_dir: str | None = None, library: str | None = None):
@@ -115,11 +120,13 @@ class COCOEvaluator:
         self.metadata = MetadataCatalog.get(dataset_name)
         self.coco_class, self.coco_eval_class, self.library = coco_api(library)
         json_file = self.metadata.get("json_file")
-        with contextlib.redirect_stdout(io.StringIO()):
-            if json_file is None or not os.path.isfile(json_file):
-                self.coco_gt = coco_from_dict(self.coco_class, dataset_to_coco_dict(dataset_name))
-            else:
-                self.coco_gt = self.coco_class(json_file)
+        if json_file is None or not os.path.isfile(json_file):
+            data, self.report = validate_coco(dataset_to_coco_dict(dataset_name), dataset_name)
+            if self.report:
+                logger.warning("%s", self.report.summary())
+        else:
+            data, self.report = load_coco(json_file, require_annotations=False)
+        self.coco_gt = coco_from_dict(self.coco_class, data)
         self.tasks = tasks
         self.coco_evals: dict = {}
         self.predictions: list[dict] = []  # all processes' results, on the main process after evaluate()
@@ -127,6 +134,11 @@ class COCOEvaluator:
 
     def reset(self) -> None:
         self._predictions: list[dict] = []
+        self._skipped: list[tuple] = []
+
+    def skip(self, inputs: list[dict]) -> None:
+        """Images that could not be used (``{"skipped": reason, "image_id": ...}``): excluded from evaluation."""
+        self._skipped.extend((x["image_id"], x.get("file_name"), x["skipped"]) for x in inputs)
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
         for inputs_i, outputs_i in zip(inputs, outputs):
@@ -136,13 +148,14 @@ class COCOEvaluator:
                 self.tasks = ("bbox", "segm") if instances.has("pred_masks") else ("bbox",)
 
     def evaluate(self) -> dict[str, dict[str, float]]:
-        predictions = self._predictions
+        predictions, skipped = self._predictions, self._skipped
         tasks = self.tasks or ("bbox", "segm")
         if self.distributed:
             synchronize()
-            gathered = all_gather((predictions, tasks))
-            predictions = [p for part, _ in gathered for p in part]
-            tasks = next((t for _, t in gathered if t), tasks)
+            gathered = all_gather((predictions, tasks, skipped))
+            predictions = [p for part, _, _ in gathered for p in part]
+            skipped = [s for _, _, part in gathered for s in part]
+            tasks = next((t for _, t, _ in gathered if t), tasks)
             if not is_main_process():
                 return {}
         to_dataset_id = {v: k for k, v in self.metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
@@ -155,7 +168,38 @@ class COCOEvaluator:
             with open(path, "w") as f:
                 json.dump(predictions, f)
             logger.info("Wrote %d detections to %s", len(predictions), path)
-        return {task: self._evaluate_task(predictions, task) for task in tasks}
+        skipped_ids = {image_id for image_id, _, _ in skipped}
+        self.evaluated_image_ids = sorted(set(self.coco_gt.getImgIds()) - skipped_ids)
+        if not any(not a["iscrowd"] for a in self.coco_gt.dataset["annotations"]):
+            logger.warning("%s has no ground-truth annotations (an image-info file?): predictions written, no AP "
+                           "computed", self.dataset_name)
+            return {"ground_truth": self.ground_truth_summary(skipped)}
+        results = {task: self._evaluate_task(predictions, task) for task in tasks}
+        results["ground_truth"] = self.ground_truth_summary(skipped)
+        return results
+
+    def ground_truth_summary(self, skipped: list[tuple]) -> dict[str, float]:
+        """What the evaluation counted and left out; logged, and detailed in ground_truth_report.json."""
+        skipped_ids = {image_id for image_id, _, _ in skipped}
+        left_out = [a for a in self.coco_gt.dataset["annotations"] if a["image_id"] in skipped_ids]
+        summary = {"images": float(len(self.evaluated_image_ids)),
+                   "annotations": float(len(self.coco_gt.dataset["annotations"]) - len(left_out)),
+                   "annotations_excluded": float(self.report.annotations_dropped + len(left_out)),
+                   "images_excluded": float(self.report.images_dropped + len(skipped_ids))}
+        if self.report or skipped:
+            reasons = [line.split(": ", 1)[1] for line in self.report.summary().splitlines()]
+            if skipped:
+                reasons.append(f"{len(skipped_ids)} image(s) not evaluated, they could not be used (with "
+                               f"{len(left_out)} annotations): {skipped[0][2]}" + (" ..." if len(skipped) > 1 else ""))
+            logger.warning("Evaluation on %s excludes %d ground-truth annotations and %d images: %s",
+                           self.dataset_name, summary["annotations_excluded"], summary["images_excluded"],
+                           "; ".join(reasons))
+        if self.output_dir:
+            report = dict(self.report.as_dict(), images_not_evaluated=[
+                {"image_id": i, "file_name": f, "reason": r} for i, f, r in skipped], **summary)
+            with open(os.path.join(self.output_dir, "ground_truth_report.json"), "w") as f:
+                json.dump(report, f, indent=1)
+        return summary
 
     def _evaluate_task(self, predictions: list[dict], task: str) -> dict[str, float]:
         class_names = self.metadata.get("thing_classes") or [c["name"] for c in self.coco_gt.loadCats(
@@ -169,6 +213,7 @@ class COCOEvaluator:
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             coco_dt = self.coco_gt.loadRes(predictions)
             coco_eval = self.coco_eval_class(self.coco_gt, coco_dt, task)
+            coco_eval.params.imgIds = self.evaluated_image_ids
             coco_eval.evaluate()
             coco_eval.accumulate()
             coco_eval.summarize()

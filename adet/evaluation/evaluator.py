@@ -34,10 +34,14 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict
     try:
         with torch.inference_mode():
             for index, inputs in enumerate(data_loader):
+                skipped = [x for x in inputs if "skipped" in x]  # images that could not be used (already warned)
+                if skipped:
+                    evaluator.skip(skipped)
+                    inputs = [x for x in inputs if "skipped" not in x]
                 tic = time.perf_counter()
-                outputs = model(inputs)
+                if inputs:
+                    evaluator.process(inputs, model(inputs))
                 compute_time += time.perf_counter() - tic
-                evaluator.process(inputs, outputs)
                 done = index + 1
                 if bar is not None:
                     bar.update(1)

@@ -84,7 +84,9 @@ def plot_per_category_ap(results: dict[str, dict[str, float]], out_path: str) ->
     plt = _pyplot()
     if plt is None or not results:
         return None
-    tasks = list(results)
+    tasks = [task for task in results if "AP" in results[task]]
+    if not tasks:
+        return None
     names = [k[3:] for k in results[tasks[0]] if k.startswith("AP-")]
     if not names:
         return None
