@@ -34,6 +34,8 @@ def test_demo_on_a_folder_with_one_corrupt_image(tmp_path, capsys):
 
 def test_demo_single_file_output_and_missing_input(tmp_path, capsys):
     cfg = make_tiny_cfg()
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "w.pth")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "w.pth")
     (tmp_path / "tiny.yaml").write_text(cfg.dump())
     cv2.imwrite(str(tmp_path / "one.png"), shapes_image()[0])
     demo = load_tool("demo/demo.py")

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from adet.engine.defaults import run_cli
+from adet.modeling import build_model
 
 from .conftest import load_tool, make_tiny_cfg
 
@@ -83,6 +84,8 @@ def test_train_on_own_json_then_demo_uses_its_class_names(fruit_dataset, tmp_pat
 
 def test_demo_video_and_webcam(tmp_path, capsys):
     cfg = make_tiny_cfg()
+    torch.save({"model": build_model(cfg).state_dict()}, tmp_path / "w.pth")
+    cfg.MODEL.WEIGHTS = str(tmp_path / "w.pth")
     (tmp_path / "tiny.yaml").write_text(cfg.dump())
     video = str(tmp_path / "clip.mp4")
     writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (128, 96))

@@ -70,6 +70,15 @@ def read_checkpoint_file(path: str) -> dict[str, Any]:
     """The checkpoint at ``path`` as a dict with a ``"model"`` state dict (a bare state dict is wrapped)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{path}: no such checkpoint file")
+    with open(path, "rb") as f:
+        head = f.read(64)
+    # torch.save writes a zip archive (legacy files: a pickle, whose first byte is the 0x80 protocol marker).
+    if not head:
+        raise CheckpointError(f"{path}: the file is empty")
+    if not head.startswith((b"PK\x03\x04", b"\x80")):
+        shown = head[:24].decode("utf-8", "replace").splitlines()[0] if head[:1].isascii() else head[:8].hex()
+        raise CheckpointError(f"{path}: not a torch checkpoint (it starts with {shown!r}); expected a .pth file "
+                              "written by torch.save")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:

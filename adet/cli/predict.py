@@ -224,11 +224,23 @@ def open_webcam(output: str):
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from adet.api import Predictor, load_config
     from adet.engine.defaults import setup_logger
-    from adet.engine.preflight import check_output_file, check_output_folder
+    from adet.engine.preflight import (
+        PreflightError,
+        check_config_values,
+        check_device,
+        check_output_file,
+        check_output_folder,
+        check_weights,
+    )
 
     args = build_parser(prog).parse_args(argv)
     overrides = split_overrides(args)
     setup_logger()
+    if not 0 <= args.confidence_threshold <= 1:
+        raise PreflightError(f"--confidence-threshold {args.confidence_threshold}: a score threshold is between 0 "
+                             "and 1")
+    if args.device is not None:
+        check_device(args.device, "--device")
     sources = sum(bool(x) for x in (args.input, args.video_input, args.webcam))
     if sources != 1:
         raise FileNotFoundError("pass exactly one of --input (images), --video-input (a video) or --webcam")
@@ -244,6 +256,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         check_output_file(args.json, "--json")
     overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
     cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
+    check_device(cfg.MODEL.DEVICE)
+    check_config_values(cfg)
+    check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
+    if cfg.MODEL.WEIGHTS.endswith(".pkl"):
+        raise PreflightError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: ImageNet backbone weights; prediction needs a "
+                             "trained EmbedMask checkpoint (.pth)")
     results = JsonResults(args.json, args.ground_truth)
     predictor = Predictor(cfg)
     if paths:

@@ -66,15 +66,52 @@ def worker(cfg, args: argparse.Namespace):
     return train(cfg, resume=args.resume, log_period=args.log_period)
 
 
+def preflight(cfg, args: argparse.Namespace) -> None:
+    """Everything that can be checked before work starts (engine/preflight.py), once, in this process."""
+    import os
+
+    from adet.engine import preflight as check
+    from adet.engine.launch import launched_by_torchrun
+
+    check.check_device(cfg.MODEL.DEVICE)
+    check_devices(args.num_gpus, cfg.MODEL.DEVICE)
+    world_size = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else args.num_gpus * args.num_machines
+    check.check_config_values(cfg, world_size)
+    check.check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
+    if args.eval_only:
+        if not cfg.DATASETS.TEST:
+            raise check.PreflightError("DATASETS.TEST is empty: nothing to evaluate")
+        check.check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", need_annotations=False)
+        if not (args.resume and check.check_resume(cfg.OUTPUT_DIR)):
+            check.check_weights(cfg.MODEL.WEIGHTS, required=True)
+        return
+    if not cfg.DATASETS.TRAIN:
+        raise check.PreflightError("DATASETS.TRAIN is empty: nothing to train on")
+    check.check_datasets(cfg, cfg.DATASETS.TRAIN, "DATASETS.TRAIN", need_annotations=True)
+    check.check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", need_annotations=False)
+    check.check_num_classes(cfg)
+    resume_from = check.check_resume(cfg.OUTPUT_DIR) if args.resume else None
+    if args.resume and resume_from is None:
+        logger.info("--resume: nothing was saved in %s yet; starting from MODEL.WEIGHTS", cfg.OUTPUT_DIR)
+    if resume_from is None:
+        check.check_weights(cfg.MODEL.WEIGHTS, required=False)
+    if not args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
+        logger.warning("%s already holds a training run; this one starts afresh: checkpoints of the same names are "
+                       "replaced as it saves its own and metrics.json is appended to. Pass --resume to continue "
+                       "that run instead, or choose another OUTPUT_DIR.", cfg.OUTPUT_DIR)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None, eval_only: bool = False):
     """Parse, resolve and check the config once, then run :func:`worker` in every process. Returns the
     evaluation results (of this process; {} on ranks other than 0)."""
     from adet.engine.defaults import setup_logger
+    from adet.engine.preflight import check_launch
 
     args = build_parser(prog, eval_only).parse_args(argv)
     setup_logger()  # config notices are shown now and written to log.txt once OUTPUT_DIR is known
+    check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
     cfg = resolve_config(args)
-    check_devices(args.num_gpus, cfg.MODEL.DEVICE)
+    preflight(cfg, args)
     return launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
                   dist_url=args.dist_url, args=(cfg, args), use_cuda=cfg.MODEL.DEVICE.startswith("cuda"))
 

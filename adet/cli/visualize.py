@@ -105,10 +105,28 @@ def draw_predictions(image: np.ndarray, predictions: list[dict], to_contiguous: 
     return draw_instances(image, boxes, classes, masks, np.array([p["score"] for p in kept]), class_names)
 
 
+def read_results(path: str) -> list[dict]:
+    """A COCO results json: a list of {"image_id", "category_id", "bbox", "score"[, "segmentation"]}."""
+    from adet.data.validation import DatasetError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            results = json.load(f)
+    except FileNotFoundError:
+        raise DatasetError(f"--predictions {path}: no such file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"--predictions {path}: not valid JSON ({e})") from None
+    required = {"image_id", "category_id", "bbox", "score"}
+    if not isinstance(results, list) or not all(isinstance(r, dict) and required <= set(r) for r in results):
+        raise DatasetError(f"--predictions {path}: not COCO results (a list of objects with image_id, category_id, "
+                           "bbox and score)")
+    return results
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from adet.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
     from adet.engine.defaults import register_datasets_from_args, setup_cfg, setup_logger
-    from adet.engine.preflight import check_output_folder
+    from adet.engine.preflight import check_datasets, check_output_folder
 
     args = build_parser(prog).parse_args(argv)
     setup_logger()
@@ -120,13 +138,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     if not names:
         raise FileNotFoundError(f"DATASETS.{split.upper()} is empty: nothing to draw")
     name = names[0]
+    check_datasets(cfg, (name,), f"DATASETS.{split.upper()}", need_annotations=False)
     dicts = DatasetCatalog.get(name)
     metadata = MetadataCatalog.get(name)
     class_names = metadata.get("thing_classes")
     written = 0
     if args.predictions:
-        with open(args.predictions) as f:
-            predictions = json.load(f)
+        predictions = read_results(args.predictions)
         by_image = defaultdict(list)
         for p in predictions:
             by_image[p["image_id"]].append(p)

@@ -65,19 +65,43 @@ class CfgNode(_FvcoreCfgNode):
     """detectron2-style config node. Use :func:`adet.config.get_cfg` to get one holding every default."""
 
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
+        if os.path.isdir(cfg_filename):
+            raise ConfigError(f"{cfg_filename}: is a folder, not a config file")
         if not os.path.isfile(cfg_filename):
             raise ConfigError(f"{cfg_filename}: no such config file")
+        self._merge_dict(self.load_yaml_with_base(cfg_filename), self, "", cfg_filename)
+
+    @classmethod
+    def load_yaml_with_base(cls, filename: str, allow_unsafe: bool = False, _chain: tuple[str, ...] = ()) -> dict:
+        """The YAML mapping of ``filename`` merged over its ``_BASE_`` files (a name or a list; relative to the file,
+        or a packaged config name). Only plain YAML is read (``allow_unsafe`` is accepted and ignored)."""
+        path = os.path.realpath(filename)
+        if path in _chain:
+            loop = " -> ".join(os.path.basename(p) for p in (*_chain, path))
+            raise ConfigError(f"{filename}: its _BASE_ chain loops back to it ({loop})")
         try:
-            loaded = self.load_yaml_with_base(cfg_filename, allow_unsafe=allow_unsafe)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{cfg_filename}: its _BASE_ file {e.filename} does not exist") from None
+            with open(filename, encoding="utf-8") as f:
+                data = yaml.safe_load(f)
         except yaml.YAMLError as e:
-            raise ConfigError(f"{cfg_filename}: not valid YAML ({str(e).splitlines()[0]})") from None
-        if loaded is None:
-            return
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{cfg_filename}: expected a mapping of config keys at the top level")
-        self._merge_dict(loaded, self, "", cfg_filename)
+            raise ConfigError(f"{filename}: not valid YAML ({' '.join(str(e).split())[:200]})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{filename}: not a text file") from None
+        except OSError as e:
+            raise ConfigError(f"{filename}: cannot be read ({e.strerror or e})") from None
+        if data is None:
+            return {}
+        if not isinstance(data, dict):
+            raise ConfigError(f"{filename}: expected a mapping of config keys at the top level, found a "
+                              f"{type(data).__name__}")
+        bases = data.pop(BASE_KEY, None)
+        if bases is None:
+            return data
+        merged: dict = {}
+        for base in bases if isinstance(bases, list) else [bases]:
+            _merge_yaml(cls.load_yaml_with_base(_base_path(base, filename), _chain=(*_chain, path)), merged, "",
+                        filename)
+        _merge_yaml(data, merged, "", filename)
+        return merged
 
     def merge_from_other_cfg(self, cfg_other: _FvcoreCfgNode) -> None:
         self._merge_dict(cfg_other, self, "", "config")
@@ -127,6 +151,37 @@ class CfgNode(_FvcoreCfgNode):
             else:
                 value = self._decode_cfg_value(copy.deepcopy(raw))
                 into[key] = _coerce(value, into[key], full_key, source)
+
+
+BASE_KEY = "_BASE_"
+
+
+def _base_path(base, filename: str) -> str:
+    """The file a ``_BASE_`` entry of ``filename`` names: relative to it, absolute, or a packaged config name."""
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{filename}: _BASE_ must be a config file name (or a list of them), got {base!r}")
+    if base.startswith(("http://", "https://")):
+        raise ConfigError(f"{filename}: _BASE_ {base}: only local files (nothing is downloaded)")
+    path = os.path.join(os.path.dirname(filename), os.path.expanduser(base))
+    if os.path.isfile(path):
+        return path
+    from adet.model_zoo import CONFIG_ROOT
+
+    packaged = os.path.join(CONFIG_ROOT, base)
+    if not os.path.isabs(base) and os.path.isfile(packaged):
+        return packaged
+    raise ConfigError(f"{filename}: its _BASE_ file {path} does not exist")
+
+
+def _merge_yaml(source: dict, into: dict, prefix: str, filename: str) -> None:
+    """YAML mapping ``source`` over ``into`` (a file over its bases)."""
+    for key, value in source.items():
+        if isinstance(value, dict) and key in into:
+            if not isinstance(into[key], dict):
+                raise ConfigError(f"{filename}: {prefix}{key} is a group of keys here but a value in its _BASE_")
+            _merge_yaml(value, into[key], f"{prefix}{key}.", filename)
+        else:
+            into[key] = value
 
 
 def get_cfg() -> CfgNode:

@@ -34,6 +34,13 @@ class Metadata:
         return dict(self.__dict__)
 
 
+class UnknownDatasetError(KeyError):
+    """A dataset name that is not registered (a KeyError, as in detectron2; its message is one line)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 class _DatasetCatalog(dict):
     def register(self, name: str, func: Callable[[], list[dict]]) -> None:
         if not callable(func):
@@ -47,8 +54,9 @@ class _DatasetCatalog(dict):
             import difflib
 
             hint = difflib.get_close_matches(name, list(self), n=1)
-            raise KeyError(f"Dataset '{name}' is not registered" + (f" (did you mean '{hint[0]}'?)" if hint else "")
-                           + f"; registered: {', '.join(sorted(self)) or 'none'}")
+            raise UnknownDatasetError(f"Dataset '{name}' is not registered" +
+                                      (f" (did you mean '{hint[0]}'?)" if hint else "") +
+                                      f"; registered: {', '.join(sorted(self)) or 'none'}")
         return super().__getitem__(name)()
 
     def list(self) -> list[str]:

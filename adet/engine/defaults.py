@@ -13,7 +13,7 @@ import torch
 from adet.checkpoint import WeightFileError
 from adet.config import ConfigError, get_cfg
 from adet.data import DatasetError, ImageReadError, MetadataCatalog, coco_class_names, register_coco_instances
-from adet.data.catalog import DatasetCatalog
+from adet.data.catalog import DatasetCatalog, UnknownDatasetError
 from adet.utils import comm
 
 from .launch import LaunchError
@@ -22,7 +22,7 @@ from .trainer import TrainingDivergedError
 
 # Errors a user can act on: reported as one line, never as a traceback.
 USER_ERRORS = (ConfigError, DatasetError, WeightFileError, ImageReadError, LaunchError, FileNotFoundError,
-               TrainingDivergedError, PreflightError)
+               TrainingDivergedError, PreflightError, UnknownDatasetError)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -168,14 +168,51 @@ def default_setup(cfg, args: argparse.Namespace | None = None) -> None:
         torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
 
 
+def one_line(error: BaseException) -> str:
+    """What to tell the user about ``error``, in one line naming the file or key involved."""
+    text = str(error)
+    if "Original Traceback (most recent call last)" in text:
+        # An exception re-raised from a DataLoader worker carries the worker's traceback in its message; its
+        # last line is the original "module.Type: message".
+        last = [line for line in text.splitlines() if line.strip()][-1]
+        error_type, _, message = last.partition(": ")
+        return message if error_type.rsplit(".", 1)[-1] in {e.__name__ for e in USER_ERRORS} else last
+    if isinstance(error, OSError) and error.filename is not None and error.strerror:
+        return f"{error.filename}: {error.strerror}"
+    return text.strip().splitlines()[0] if text.strip() else type(error).__name__
+
+
+def report_error(error: BaseException, prefix: str = "", show: bool = True) -> int:
+    """Print ``error: {prefix}...`` (when ``show``) and return the exit status: 2 for a problem with the input, 1 for
+    anything unexpected, whose traceback goes to the log file (and to stderr with EMBEDMASK_DEBUG=1)."""
+    expected = isinstance(error, USER_ERRORS + (OSError,)) or (
+        "Original Traceback" in str(error) and any(e.__name__ in str(error) for e in USER_ERRORS))
+    if show:
+        message = one_line(error)
+        if not expected:
+            message = f"unexpected {type(error).__name__}: {message} (the traceback is in the log; " \
+                      "EMBEDMASK_DEBUG=1 prints it)"
+        print(f"error: {prefix}{message}", file=sys.stderr)
+    if not expected:
+        logging.getLogger("adet").debug("Traceback of the unexpected error", exc_info=error)
+        if os.environ.get("EMBEDMASK_DEBUG") == "1":
+            import traceback
+
+            traceback.print_exception(type(error), error, error.__traceback__)
+    return 2 if expected else 1
+
+
 def run_cli(main, argv: list[str] | None = None) -> int:
-    """Call ``main()`` turning user errors into one line on stderr and exit code 2; Ctrl-C exits with 130."""
+    """Call ``main(argv)`` with every error reported as one line on stderr (exit status 2 for bad input, 1 for an
+    unexpected failure); Ctrl-C exits with 130. Work already saved stays usable (checkpoints are atomic)."""
     try:
         main(argv)
-    except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except SystemExit as e:  # argparse's usage errors and a launcher's exit status
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
+    except Exception as e:  # noqa: BLE001 - the one place where any failure becomes one line
+        # Under torchrun every process checks the command line: rank 0 alone reports what they all found.
+        return report_error(e, show=os.environ.get("RANK", "0") == "0")
     return 0

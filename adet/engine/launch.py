@@ -73,7 +73,7 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machine
                            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, use_cuda,
                                  timeout, args))
     except mp.ProcessExitedException as e:
-        if e.exit_code != 2:  # 2: the worker already printed its one-line error
+        if e.exit_code not in (1, 2, 130):  # the worker already printed its one-line error
             how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
             print(f"error: worker {e.error_index} died ({how}); the other workers were stopped", file=sys.stderr)
         sys.exit(e.exit_code if e.exit_code and e.exit_code > 0 else 1)
@@ -88,7 +88,7 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
 
 def _worker_in_group(main_func, dist_url: str, world_size: int, rank: int, local_rank: int, use_cuda: bool,
                      timeout: datetime.timedelta, args: tuple) -> Any:
-    from .defaults import USER_ERRORS
+    from .defaults import report_error
 
     use_nccl = use_cuda and torch.cuda.is_available()
     if use_nccl:
@@ -98,10 +98,10 @@ def _worker_in_group(main_func, dist_url: str, world_size: int, rank: int, local
     try:
         comm.synchronize()
         return main_func(*args)
-    except USER_ERRORS as e:
-        if rank == 0:
-            print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001 - one line per failing process instead of a traceback
+        sys.exit(report_error(e, prefix=f"(rank {rank}) " if rank else ""))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

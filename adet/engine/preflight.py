@@ -45,3 +45,183 @@ def check_output_file(path: str, what: str) -> None:
         raise PreflightError(f"{what} {path}: {str(e).split(': ', 1)[1]}") from None
     if os.path.exists(path) and not os.access(path, os.W_OK):
         raise PreflightError(f"{what} {path}: the file exists and is not writable")
+
+
+# ---- devices and launch -----------------------------------------------------------------------------------------
+def check_device(device: str, what: str = "MODEL.DEVICE") -> None:
+    """``device`` names a device this code runs on: cpu, cuda or cuda:N (a GPU that exists, when any does)."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise PreflightError(f"{what} '{device}' is not a device: use cpu, cuda or cuda:N") from None
+    if parsed.type not in ("cpu", "cuda"):
+        raise PreflightError(f"{what} '{device}': EmbedMask runs on cpu or cuda (cuda:N)")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if parsed.type == "cuda" and parsed.index is not None and count and parsed.index >= count:
+        raise PreflightError(f"{what} '{device}': this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}")
+
+
+def check_launch(num_gpus: int, num_machines: int, machine_rank: int, dist_url: str) -> None:
+    if num_gpus < 1:
+        raise PreflightError(f"--num-gpus {num_gpus}: needs at least 1 (processes per machine)")
+    if num_machines < 1:
+        raise PreflightError(f"--num-machines {num_machines}: needs at least 1")
+    if not 0 <= machine_rank < num_machines:
+        raise PreflightError(f"--machine-rank {machine_rank}: must be between 0 and --num-machines - 1 "
+                             f"({num_machines - 1})")
+    if dist_url != "auto" and not dist_url.startswith(("tcp://", "file://", "env://")):
+        raise PreflightError(f"--dist-url {dist_url}: expected auto, tcp://HOST:PORT or file:///shared/path")
+    if dist_url.startswith("tcp://"):
+        host, _, port = dist_url[len("tcp://"):].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise PreflightError(f"--dist-url {dist_url}: expected tcp://HOST:PORT with a port from 1 to 65535")
+
+
+# ---- config values ---------------------------------------------------------------------------------------------
+def check_config_values(cfg, world_size: int = 1) -> None:
+    """Values the builders do not check themselves, and the model built on the meta device (no memory): a bad
+    model key fails here, in the launching process, not in every worker."""
+    import torch
+
+    from adet.config import ConfigError
+    from adet.modeling.build import META_ARCHITECTURES
+
+    solver = cfg.SOLVER
+    checks = [
+        (cfg.FLOAT32_PRECISION in ("", "highest", "high", "medium"), "FLOAT32_PRECISION",
+         "must be '', 'highest', 'high' or 'medium'"),
+        (solver.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", "must be at least 1"),
+        (solver.MAX_ITER >= 1, "SOLVER.MAX_ITER", "must be at least 1"),
+        (solver.BASE_LR > 0 and solver.BASE_LR != float("inf"), "SOLVER.BASE_LR", "must be a positive number"),
+        (all(isinstance(s, int) for s in solver.STEPS) and list(solver.STEPS) == sorted(solver.STEPS),
+         "SOLVER.STEPS", "must be increasing iteration numbers"),
+        (solver.WARMUP_ITERS >= 0 and solver.CHECKPOINT_PERIOD >= 0, "SOLVER.WARMUP_ITERS/CHECKPOINT_PERIOD",
+         "must not be negative"),
+        (cfg.TEST.EVAL_PERIOD >= 0, "TEST.EVAL_PERIOD", "must not be negative"),
+        (cfg.DATALOADER.NUM_WORKERS >= 0, "DATALOADER.NUM_WORKERS", "must not be negative"),
+        (cfg.INPUT.FORMAT in ("BGR", "RGB"), "INPUT.FORMAT", "must be 'BGR' or 'RGB'"),
+        (cfg.INPUT.MASK_FORMAT in ("polygon", "bitmask"), "INPUT.MASK_FORMAT", "must be 'polygon' or 'bitmask'"),
+        (cfg.INPUT.MIN_SIZE_TEST > 0 and cfg.INPUT.MAX_SIZE_TEST >= cfg.INPUT.MIN_SIZE_TEST, "INPUT.MIN_SIZE_TEST",
+         "must be positive and at most INPUT.MAX_SIZE_TEST"),
+        (len(cfg.INPUT.MIN_SIZE_TRAIN) > 0 and all(s > 0 for s in cfg.INPUT.MIN_SIZE_TRAIN), "INPUT.MIN_SIZE_TRAIN",
+         "must list positive sizes"),
+        (not cfg.TEST.AUG.ENABLED or (len(cfg.TEST.AUG.MIN_SIZES) > 0 and all(s > 0 for s in cfg.TEST.AUG.MIN_SIZES)),
+         "TEST.AUG.MIN_SIZES", "must list positive sizes when TEST.AUG.ENABLED"),
+        (len(cfg.MODEL.PIXEL_MEAN) == 3 and len(cfg.MODEL.PIXEL_STD) == 3 and all(s > 0 for s in cfg.MODEL.PIXEL_STD),
+         "MODEL.PIXEL_MEAN/PIXEL_STD", "need 3 values each, the standard deviations positive"),
+        (solver.IMS_PER_BATCH % world_size == 0 or solver.REFERENCE_WORLD_SIZE, "SOLVER.IMS_PER_BATCH",
+         f"({solver.IMS_PER_BATCH}) must be divisible by the number of processes ({world_size})"),
+    ]
+    for ok, key, what in checks:
+        if not ok:
+            value = cfg.FLOAT32_PRECISION if key == "FLOAT32_PRECISION" else ""
+            raise PreflightError(f"{key} {value!r} {what}" if value else f"{key} {what}")
+    if cfg.MODEL.META_ARCHITECTURE not in META_ARCHITECTURES:
+        raise ConfigError(f"MODEL.META_ARCHITECTURE: unknown architecture '{cfg.MODEL.META_ARCHITECTURE}' "
+                          f"(available: {sorted(META_ARCHITECTURES)})")
+    try:
+        with torch.device("meta"):
+            META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+# ---- datasets --------------------------------------------------------------------------------------------------
+def check_datasets(cfg, names: tuple, key: str, need_annotations: bool) -> None:
+    """Every dataset in ``names`` (the value of config key ``key``) is registered, its files exist, and its
+    annotation file passes validation (with a usable annotation when ``need_annotations``)."""
+    import difflib
+
+    from adet.data import DatasetCatalog, MetadataCatalog
+    from adet.data.validation import load_coco
+
+    for name in names:
+        if name not in DatasetCatalog:
+            hint = difflib.get_close_matches(name, list(DatasetCatalog), n=1)
+            raise PreflightError(f"{key}: dataset '{name}' is not registered" +
+                                 (f" (did you mean '{hint[0]}'?)" if hint else "") +
+                                 f"; registered: {', '.join(sorted(DatasetCatalog))}; pass --dataset "
+                                 f"{name}=ANNOTATIONS.json:IMAGES/ to use your own")
+        metadata = MetadataCatalog.get(name)
+        json_file, image_root = metadata.get("json_file"), metadata.get("image_root")
+        if json_file is None:  # registered from code, or generated on first use (synthetic)
+            continue
+        if not os.path.isfile(json_file):
+            raise PreflightError(f"{key}: dataset '{name}': annotation file {json_file} does not exist (datasets "
+                                 "are looked for under $DETECTRON2_DATASETS, default ./datasets)")
+        if image_root and not os.path.isdir(image_root):
+            raise PreflightError(f"{key}: dataset '{name}': image folder {image_root} does not exist")
+        load_coco(json_file, require_annotations=need_annotations)
+
+
+def check_num_classes(cfg) -> None:
+    """The first training dataset's class count, when known, is MODEL.FCOS.NUM_CLASSES."""
+    from adet.data import MetadataCatalog
+    from adet.data.validation import load_coco
+
+    if not cfg.DATASETS.TRAIN:
+        return
+    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    names = metadata.get("thing_classes")
+    if names is None and metadata.get("json_file") and os.path.isfile(metadata.json_file):
+        names = load_coco(metadata.json_file, require_annotations=False)[0]["categories"]
+    if names is not None and len(names) != cfg.MODEL.FCOS.NUM_CLASSES:
+        raise PreflightError(f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]} has {len(names)} classes but "
+                             f"MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}; add MODEL.FCOS.NUM_CLASSES "
+                             f"{len(names)}")
+
+
+# ---- weights and checkpoints -----------------------------------------------------------------------------------
+def check_weights(weights: str, required: bool, what: str = "MODEL.WEIGHTS") -> None:
+    """``weights`` is present and readable as a checkpoint or ImageNet weight file (empty: random initialisation,
+    an error when ``required``)."""
+    from adet.checkpoint import read_checkpoint_file, resolve_weight_path
+    from adet.checkpoint.weight_files import read_msra_pkl
+
+    if not weights:
+        if required:
+            raise PreflightError(f"{what} is empty: evaluation and prediction need trained weights (--weights CKPT "
+                                 "or MODEL.WEIGHTS path/to/model.pth)")
+        return
+    local = resolve_weight_path(weights)
+    if os.path.isdir(local):
+        raise PreflightError(f"{what} {weights}: is a folder, not a weight file")
+    if local.endswith(".pkl"):
+        read_msra_pkl(local)
+    else:
+        read_checkpoint_file(local)
+
+
+def check_resume(output_dir: str) -> str | None:
+    """The checkpoint ``--resume`` will continue from: the one ``last_checkpoint`` names, which must exist, be
+    readable and hold the training state; None when nothing was ever saved in ``output_dir`` (a fresh start)."""
+    from adet.checkpoint import read_checkpoint_file
+
+    marker = os.path.join(output_dir, "last_checkpoint")
+    saved = sorted(f for f in os.listdir(output_dir) if f.startswith("model_") and f.endswith(".pth")) if \
+        os.path.isdir(output_dir) else []
+    if not os.path.exists(marker):
+        if saved:
+            raise PreflightError(f"--resume: {output_dir} holds {', '.join(saved[-3:])} but no last_checkpoint "
+                                 "naming the one to continue from; write its file name into "
+                                 f"{marker}, or start afresh in another OUTPUT_DIR")
+        return None
+    try:
+        with open(marker, encoding="utf-8") as f:
+            name = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise PreflightError(f"--resume: {marker} cannot be read ({e})") from None
+    if not name or "\n" in name or os.sep in name or not name.endswith(".pth"):
+        raise PreflightError(f"--resume: {marker} should hold the file name of a checkpoint in {output_dir} "
+                             f"(e.g. model_0004999.pth), it holds {name[:60]!r}")
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        raise PreflightError(f"--resume: {marker} names {name}, which does not exist in {output_dir}")
+    data = read_checkpoint_file(path)
+    missing = [k for k in ("iteration", "optimizer", "scheduler") if k not in data]
+    if missing:
+        raise PreflightError(f"--resume: {path} holds weights only (no {', '.join(missing)}); resume from a "
+                             "periodic checkpoint (write its name into last_checkpoint)")
+    return path

@@ -29,6 +29,7 @@ from adet.utils.plots import plot_training_curves
 
 from .evaluate import evaluate_datasets
 from .metrics import MetricsWriter
+from .preflight import check_resume
 
 logger = logging.getLogger(__name__)
 
@@ -137,10 +138,11 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                          **checkpointables)
     remove_stale_temporaries(cfg.OUTPUT_DIR)
-    if resume and checkpointer.has_checkpoint():
-        extra = checkpointer.load(checkpointer.get_checkpoint_file())
+    resume_from = check_resume(cfg.OUTPUT_DIR) if resume else None  # an error if what was saved is unusable
+    if resume_from is not None:
+        extra = checkpointer.load(resume_from)
         start_iter, seed = int(extra["iteration"]) + 1, int(extra["seed"])
-        logger.info("Resuming from %s at iteration %d", checkpointer.get_checkpoint_file(), start_iter)
+        logger.info("Resuming from %s at iteration %d", resume_from, start_iter)
     else:
         checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
         start_iter = 0
