@@ -138,7 +138,9 @@ class DetectionCheckpointer:
         report = compare_state_dicts(state_dict, model.state_dict())
         if not report.ok:
             if strict:
-                raise CheckpointError(f"{path} does not match the model:\n{report.summary()}")
+                logger.info("%s does not match the model:\n%s", path, report.summary())
+                raise CheckpointError(f"{path} does not match the model: {report.brief()}; is it for this config "
+                                      "(depth, number of classes)?")
             logger.warning("%s does not fully match the model; loading what matches:\n%s", path, report.summary())
         model.load_state_dict(report.loadable(state_dict), strict=False)
         logger.info("Loaded %d tensors from %s", len(report.loaded), path)

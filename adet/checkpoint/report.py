@@ -26,6 +26,18 @@ class LoadReport:
     def loadable(self, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: state_dict[k] for k in self.loaded}
 
+    def brief(self) -> str:
+        """One line: the counts and the first problem."""
+        parts = [f"{len(v)} {k}" for k, v in (("missing from the checkpoint", self.missing),
+                                              ("not in the model", self.unexpected),
+                                              ("of a different shape", self.wrong_shape)) if v]
+        if self.wrong_shape:
+            name, got, want = self.wrong_shape[0]
+            first = f"e.g. {name}: {tuple(got)} in the checkpoint, {tuple(want)} in the model"
+        else:
+            first = f"e.g. {(self.missing or self.unexpected)[0]}"
+        return f"tensors {', '.join(parts)} ({first})"
+
     def summary(self) -> str:
         lines = [f"  loaded: {len(self.loaded)} tensors"]
         if self.missing:

@@ -79,11 +79,11 @@ def preflight(cfg, args: argparse.Namespace) -> None:
     check.check_config_values(cfg, world_size)
     check.check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if args.eval_only:
+        if not (args.resume and check.check_resume(cfg.OUTPUT_DIR)):
+            check.check_weights(cfg.MODEL.WEIGHTS, required=True)
         if not cfg.DATASETS.TEST:
             raise check.PreflightError("DATASETS.TEST is empty: nothing to evaluate")
         check.check_datasets(cfg, cfg.DATASETS.TEST, "DATASETS.TEST", need_annotations=False)
-        if not (args.resume and check.check_resume(cfg.OUTPUT_DIR)):
-            check.check_weights(cfg.MODEL.WEIGHTS, required=True)
         return
     if not cfg.DATASETS.TRAIN:
         raise check.PreflightError("DATASETS.TRAIN is empty: nothing to train on")

@@ -294,8 +294,8 @@ def validate_coco(data: Any, source: str, require_annotations: bool = True) -> t
         ident = ann.get("id", f"#{position}")
         image_id = _as_int(ann.get("image_id"))
         if image_id not in images:
-            if image_id is None or image_id not in all_image_ids:  # those of a dropped image go with it, uncounted
-                report.add(ANNOTATION_DROPPED, "of an image id that is not in 'images'", ident)
+            report.add(ANNOTATION_DROPPED, "of a dropped image" if image_id in all_image_ids else
+                       "of an image id that is not in 'images'", ident)
             continue
         if _as_int(ann.get("category_id")) not in category_ids:
             report.add(ANNOTATION_DROPPED, "of a category id that is not in 'categories'", ident)

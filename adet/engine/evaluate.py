@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 
@@ -45,8 +46,10 @@ def write_confusion_matrix(evaluator: COCOEvaluator, class_names: list[str] | No
 
 
 def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[str, float]]]:
-    """{dataset: {"bbox": {...}, "segm": {...}}} on the main process ({} elsewhere). Predictions are written to
-    ``OUTPUT_DIR/inference/coco_instances_results.json`` (``inference/<dataset>/`` when there are several)."""
+    """{dataset: {"bbox": {...}, "segm": {...}, "ground_truth": {...}}} on the main process ({} elsewhere).
+    Written to ``OUTPUT_DIR/inference/`` (``inference/<dataset>/`` when there are several): the predictions
+    (``coco_instances_results.json``), these results (``evaluation_results.json``) and what the ground truth
+    excluded (``ground_truth_report.json``)."""
     names = list(cfg.DATASETS.TEST)
     if not names:
         raise ValueError("DATASETS.TEST is empty: nothing to evaluate")
@@ -60,6 +63,9 @@ def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[s
         loader = build_detection_test_loader(cfg, name)
         evaluator = COCOEvaluator(name, output_dir=folder)
         results[name] = inference_on_dataset(model, loader, evaluator)
+        if comm.is_main_process():
+            with open(os.path.join(folder, "evaluation_results.json"), "w") as f:
+                json.dump(results[name], f, indent=1)
         if comm.is_main_process() and results[name]:
             prefix = os.path.join(cfg.OUTPUT_DIR, "plots", f"{name}_" if len(names) > 1 else "")
             os.makedirs(os.path.dirname(prefix), exist_ok=True)
