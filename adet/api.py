@@ -148,14 +148,17 @@ class Predictor:
     """A model ready to predict: ``predictor(image)`` -> :class:`Prediction`, ``predictor([a, b])`` -> a list.
 
     ``image``: a file path, a PIL image, or an (H, W, 3) uint8 array whose channel order ``format`` states ("BGR", as
-    cv2 reads, by default; "RGB" as PIL and matplotlib use).
+    cv2 reads, by default; "RGB" as PIL and matplotlib use). Built from a config (run by PyTorch) or from a
+    DefaultPredictor-like backend, e.g. an :class:`adet.export.ONNXPredictor`. ``min_score`` drops detections
+    scoring lower (applied to the backend's output; the PyTorch backend can also take it as its threshold).
     """
 
-    def __init__(self, cfg: CfgNode):
+    def __init__(self, cfg_or_backend, min_score: float = 0.0):
         from adet.engine import DefaultPredictor
 
-        self.cfg = cfg
-        self.predictor = DefaultPredictor(cfg)
+        self.predictor = DefaultPredictor(cfg_or_backend) if isinstance(cfg_or_backend, CfgNode) else cfg_or_backend
+        self.cfg = cfg = self.predictor.cfg
+        self.min_score = min_score
         self.class_names = self.predictor.class_names or _dataset_metadata(cfg, "thing_classes")
         self.category_ids = self.predictor.category_ids
         if self.category_ids is None and self.class_names is not None:
@@ -171,14 +174,22 @@ class Predictor:
     def predict(self, image, format: str = "BGR") -> Prediction:
         bgr, source = as_bgr(image, format)
         instances = self.predictor(bgr)["instances"].to("cpu")
+        if self.min_score > 0:
+            instances = instances[instances.scores >= self.min_score]
         return Prediction(instances, bgr, self.class_names, self.category_ids, source)
 
 
 def load(weights: str, config: str | None = None, device: str | None = None, confidence: float | None = None,
          overrides: Sequence[Any] = ()) -> Predictor:
-    """A :class:`Predictor` for a checkpoint (its own config, or ``config``: a file or packaged name).
+    """A :class:`Predictor` for a checkpoint (its own config, or ``config``: a file or packaged name), or for an
+    exported ``.onnx`` file (run by ONNX Runtime; ``config`` and ``overrides`` do not apply to it).
     ``confidence``: keep detections whose score is at least this (default: the config's 0.05 on class x centerness,
     i.e. scores from 0.22)."""
+    if str(weights).endswith(".onnx"):
+        from adet.export import ONNXPredictor
+
+        providers = ["CPUExecutionProvider"] if device == "cpu" else None
+        return Predictor(ONNXPredictor(str(weights), providers), min_score=confidence or 0.0)
     overrides = list(overrides)
     if confidence is not None:
         overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", float(confidence) ** 2]

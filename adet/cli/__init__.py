@@ -20,6 +20,7 @@ COMMANDS = {
     "train": ("adet.cli.train", "main", "train a model (tools/train_net.py)"),
     "eval": ("adet.cli.train", "eval_main", "evaluate weights on DATASETS.TEST with the COCO protocol"),
     "predict": ("adet.cli.predict", "main", "predict on images, a video or the webcam (demo/demo.py)"),
+    "export": ("adet.cli.export", "main", "export to ONNX, checked in ONNX Runtime (tools/export_model.py)"),
     "benchmark": ("adet.cli.benchmark", "main", "inference time and memory against torchvision's Mask R-CNN"),
     "visualize": ("adet.cli.visualize", "main", "draw ground truth (after augmentation) or a results json"),
     "analyze": ("adet.cli.analyze", "main", "parameters and FLOPs per module"),

@@ -53,13 +53,13 @@ def autocast(args):
     return torch.autocast(device_type, dtype=torch.float16, enabled=args.precision == "fp16")
 
 
-def embedmask_runner(args):
+def embedmask_runner(args, dtype: str = "float32"):
     import torch
 
     from adet.api import load_config
     from adet.engine import DefaultPredictor
 
-    overrides = ["MODEL.DEVICE", args.device]
+    overrides = ["MODEL.DEVICE", args.device, "MODEL.INFERENCE_DTYPE", dtype]
     if not args.weights:  # random weights score every location below the default threshold: keep them all
         overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", 0.0]
     cfg = load_config(args.weights, args.config_file or (None if args.weights else DEFAULT_CONFIG), overrides,
@@ -82,6 +82,32 @@ def embedmask_runner(args):
             sync(args.device)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, len(results[0]["instances"])
+
+    return run
+
+
+def onnx_runner(args):
+    import torch
+
+    from adet.export import ONNXPredictor
+    from adet.modeling.embedmask.postprocess import postprocess
+    from adet.structures import Boxes, Instances
+
+    providers = ["CUDAExecutionProvider"] if args.device.startswith("cuda") else ["CPUExecutionProvider"]
+    predictor = ONNXPredictor(args.onnx, providers, threads=args.threads)
+    embedmask = predictor.cfg.MODEL.EMBEDMASK
+
+    def run(image):
+        t0 = time.perf_counter()
+        padded, size, (height, width) = predictor.preprocess(image)
+        t1 = time.perf_counter()
+        boxes, scores, classes, mask_probs = predictor.run(padded, size)
+        t2 = time.perf_counter()
+        detections = Instances(size, pred_boxes=Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
+                               pred_classes=torch.from_numpy(classes), mask_probs=torch.from_numpy(mask_probs))
+        result = postprocess(detections, height, width, padded.shape[:2], embedmask.MASK_TH,
+                             embedmask.MASK_OUT_STRIDE)
+        return t1 - t0, t2 - t1, time.perf_counter() - t2, len(result)
 
     return run
 
@@ -121,7 +147,9 @@ def worker(args) -> None:
 
     torch.set_num_threads(args.threads)
     images = load_images(args.images, args.input_size)
-    run = {"embedmask": embedmask_runner, "maskrcnn": maskrcnn_runner}[args.worker](args)
+    runners = {"embedmask": embedmask_runner, "maskrcnn": maskrcnn_runner, "onnx": onnx_runner,
+               "embedmask_bf16": lambda a: embedmask_runner(a, "bfloat16")}
+    run = runners[args.worker](args)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     run(images[0])  # warm-up
@@ -142,11 +170,12 @@ def worker(args) -> None:
 def compare(args) -> list[dict]:
     """Time both models, each in its own process; returns [ours, Mask R-CNN] result dicts."""
     rows = []
-    for name in ("embedmask", "maskrcnn"):
+    names = ["embedmask"] + (["embedmask_bf16"] if args.bf16 else []) + (["onnx"] if args.onnx else []) + ["maskrcnn"]
+    for name in names:
         command = [sys.executable, "-m", "adet.cli.benchmark", "--worker", name, "--images", args.images,
                    "--device", args.device, "--threads", str(args.threads), "--runs", str(args.runs),
                    "--weights", args.weights, "--input-size", args.input_size, "--precision", args.precision,
-                   "--config-file", args.config_file]
+                   "--config-file", args.config_file, "--onnx", args.onnx]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -173,7 +202,12 @@ def get_parser(prog: str | None = None, default_images: str | None = None) -> ar
     parser.add_argument("--weights", default="",
                         help="EmbedMask checkpoint; without one, random weights with every location kept (reported "
                              "detection counts tell how much mask work was timed)")
-    parser.add_argument("--worker", choices=["embedmask", "maskrcnn"], help=argparse.SUPPRESS)
+    parser.add_argument("--bf16", action="store_true",
+                        help="also time EmbedMask with MODEL.INFERENCE_DTYPE bfloat16 (decoding stays float32)")
+    parser.add_argument("--onnx", default="", metavar="FILE.onnx",
+                        help="also time this export of the same model in ONNX Runtime (embedmask export)")
+    parser.add_argument("--worker", choices=["embedmask", "embedmask_bf16", "onnx", "maskrcnn"],
+                        help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default="/tmp", help=argparse.SUPPRESS)
     return parser
 
@@ -201,13 +235,17 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
              f"{memory:>13}"
     print(header)
     print("-" * len(header))
-    labels = {"embedmask": "EmbedMask R-50 (ours)", "maskrcnn": "torchvision Mask R-CNN R-50"}
+    labels = {"embedmask": "EmbedMask (ours)", "embedmask_bf16": "EmbedMask, bfloat16",
+              "onnx": "EmbedMask, ONNX Runtime", "maskrcnn": "torchvision Mask R-CNN R-50"}
     for r in rows:
         print(f"{labels[r['model']]:<28}{r['preprocess']:>12.3f}{r['model_s']:>10.3f}{r['postprocess']:>10.3f}"
               f"{r['total']:>13.3f}{r['detections']:>7.0f}{r[memory]:>13.0f}")
-    ours, peer = rows
+    ours, peer = rows[0], rows[-1]
     print(f"ratio (ours / Mask R-CNN): time {ours['total'] / peer['total']:.2f}x, memory "
           f"{ours[memory] / peer[memory]:.2f}x")
+    for row in rows[1:-1]:
+        print(f"ratio ({labels[row['model']]} / EmbedMask): time {row['total'] / ours['total']:.2f}x, memory "
+              f"{row[memory] / ours[memory]:.2f}x")
     return rows
 
 

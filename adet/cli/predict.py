@@ -33,6 +33,8 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                         help="a config file or packaged name (default: the checkpoint's own config, else "
                              "EmbedMask/MS_R_50_1x.yaml)")
     parser.add_argument("--weights", default="", metavar="CKPT", help="the checkpoint (MODEL.WEIGHTS)")
+    parser.add_argument("--onnx", default="", metavar="FILE.onnx",
+                        help="run an exported model (embedmask export) with ONNX Runtime instead")
     parser.add_argument("--input", nargs="+", default=[], help="image files, folders or glob patterns")
     parser.add_argument("--video-input", default="", help="a video file to annotate")
     parser.add_argument("--webcam", action="store_true", help="the first camera (shown, or recorded to --output)")
@@ -221,6 +223,21 @@ def open_webcam(output: str):
     return capture, show
 
 
+def onnx_predictor(args: argparse.Namespace, overrides: list[str]):
+    """A Predictor running ``--onnx`` in ONNX Runtime; the score threshold applies to its output."""
+    from adet.api import Predictor
+    from adet.engine.preflight import PreflightError
+    from adet.export import ONNXPredictor
+
+    if args.weights or args.config_file or overrides:
+        raise PreflightError("--onnx: the exported file holds the model and its config; --weights, --config-file "
+                             "and KEY VALUE overrides do not apply to it")
+    if not os.path.isfile(args.onnx):
+        raise FileNotFoundError(f"--onnx {args.onnx}: no such file")
+    providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
+    return Predictor(ONNXPredictor(args.onnx, providers), min_score=args.confidence_threshold)
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     from adet.api import Predictor, load_config
     from adet.engine.defaults import setup_logger
@@ -254,16 +271,19 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         (check_output_file if single_file else check_output_folder)(args.output, "--output")
     if args.json:
         check_output_file(args.json, "--json")
-    overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
-    cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
-    check_device(cfg.MODEL.DEVICE)
-    check_config_values(cfg)
-    check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
-    if cfg.MODEL.WEIGHTS.endswith(".pkl"):
-        raise PreflightError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: ImageNet backbone weights; prediction needs a "
-                             "trained EmbedMask checkpoint (.pth)")
+    if args.onnx:
+        predictor = onnx_predictor(args, overrides)
+    else:
+        overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
+        cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
+        check_device(cfg.MODEL.DEVICE)
+        check_config_values(cfg)
+        check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
+        if cfg.MODEL.WEIGHTS.endswith(".pkl"):
+            raise PreflightError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: ImageNet backbone weights; prediction needs a "
+                                 "trained EmbedMask checkpoint (.pth)")
+        predictor = Predictor(cfg)
     results = JsonResults(args.json, args.ground_truth)
-    predictor = Predictor(cfg)
     if paths:
         skipped = run_on_images(predictor, paths, args.output, results)
         print(f"{len(paths) - skipped} image(s) processed" + (f", {skipped} skipped" if skipped else "")

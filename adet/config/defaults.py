@@ -18,6 +18,10 @@ _C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
 _C.MODEL.DEVICE = "cuda"
 # A path, a "detectron2://..." URL (resolved to a local cache), or "" for random init.
 _C.MODEL.WEIGHTS = ""
+# Precision of the network at inference: "float32", "bfloat16" (fast on CPUs with AVX512-BF16/AMX and on GPUs) or
+# "float16" (GPUs). Box decoding, NMS and the coupling stay in float32 whatever the choice; training is unaffected
+# (SOLVER.AMP sets its precision).
+_C.MODEL.INFERENCE_DTYPE = "float32"
 # Mean and std of the BGR 0..255 input. std 1 because the MSRA ImageNet weights expect unscaled pixels.
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]

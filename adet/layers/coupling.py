@@ -63,21 +63,28 @@ def _coupling(pixels: torch.Tensor, embeddings: torch.Tensor, margins: torch.Ten
 
 def mask_probability_no_grad(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
                              proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """The same probabilities for inference, without (P, H, W, D) intermediates: per image,
-    sum_d m (e - q)^2 = m . e^2 - 2 (m q) . e + m . q^2 as three matrix products, in float64 so the expansion
-    loses nothing to cancellation (agrees with the reference to float32 rounding)."""
-    num_images, dim, height, width = pixel_embeddings.shape
+    """The same probabilities for inference, without (P, H, W, D) intermediates (:func:`image_mask_probability`
+    per image)."""
+    height, width = pixel_embeddings.shape[-2:]
     out_dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
-    pixels = pixel_embeddings.reshape(num_images, dim, height * width).double()  # (N, D, HW)
-    embeddings, margins = proposal_embeddings.double(), proposal_margins.double()
-    out = pixel_embeddings.new_empty((len(embeddings), height, width), dtype=out_dtype)
+    out = pixel_embeddings.new_empty((len(proposal_embeddings), height, width), dtype=out_dtype)
     for image in image_indices.unique().tolist():
         rows = (image_indices == image).nonzero().squeeze(1)
-        m, q = margins[rows], embeddings[rows]  # (P_i, D)
-        x = pixels[image]
-        distance = m @ (x * x) - 2 * (m * q) @ x + (m * q * q).sum(dim=1, keepdim=True)  # (P_i, HW)
-        out[rows] = torch.exp(-distance).view(-1, height, width).to(out_dtype)
+        out[rows] = image_mask_probability(pixel_embeddings[image], proposal_embeddings[rows], proposal_margins[rows])
     return out
+
+
+def image_mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
+                           proposal_margins: torch.Tensor) -> torch.Tensor:
+    """(P, H, W) probabilities of P proposals over one image's (D, H, W) embedding map, as three matrix products:
+    sum_d m (e - q)^2 = m . e^2 - 2 (m q) . e + m . q^2, in float64 so the expansion loses nothing to cancellation
+    (equal to the reference up to float32 rounding). Tensor operations only: the exported graph runs it too."""
+    dim, height, width = pixel_embeddings.shape
+    out_dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
+    x = pixel_embeddings.reshape(dim, height * width).double()  # (D, HW)
+    m, q = proposal_margins.double(), proposal_embeddings.double()  # (P, D)
+    distance = m @ (x * x) - 2 * (m * q) @ x + (m * q * q).sum(dim=1, keepdim=True)  # (P, HW)
+    return torch.exp(-distance).reshape(-1, height, width).to(out_dtype)
 
 
 def check_coupling_inputs(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,

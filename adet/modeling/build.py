@@ -50,9 +50,12 @@ def build_embedmask(cfg) -> EmbedMask:
     proposal_head = ProposalHead(backbone.out_channels, cfg.MODEL.FCOS.FPN_STRIDES, em.EMBED_DIM, em.PRIOR_MARGIN,
                                  em.MARGIN_REDUCE_FACTOR, em.PROPOSAL_HEAD)
     pixel_head = EmbedHead(branch.OUT_CHANNELS, em.EMBED_DIM)
+    dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if cfg.MODEL.INFERENCE_DTYPE not in dtypes:
+        raise ConfigError(f"MODEL.INFERENCE_DTYPE must be one of {sorted(dtypes)}, got '{cfg.MODEL.INFERENCE_DTYPE}'")
     return EmbedMask(backbone, fcos, mask_branch, proposal_head, pixel_head, cfg.MODEL.PIXEL_MEAN,
                      cfg.MODEL.PIXEL_STD, em.MASK_OUT_STRIDE, em.MAX_PROPOSALS, em.TOPK_PROPOSALS_PER_IM, em.MASK_TH,
-                     em.MASK_LOSS_TYPE, em.MASK_LOSS_ALPHA)
+                     em.MASK_LOSS_TYPE, em.MASK_LOSS_ALPHA, dtypes[cfg.MODEL.INFERENCE_DTYPE])
 
 
 META_ARCHITECTURES = {"EmbedMask": build_embedmask}
@@ -73,7 +76,10 @@ def build_model(cfg) -> nn.Module:
         if isinstance(e, ConfigError):
             raise
         raise ConfigError(str(e)) from None
-    return model.to(resolve_device(cfg.MODEL.DEVICE))
+    device = resolve_device(cfg.MODEL.DEVICE)
+    if model.inference_dtype == torch.float16 and device.type != "cuda":
+        raise ConfigError("MODEL.INFERENCE_DTYPE float16 needs a GPU; use bfloat16 on the CPU")
+    return model.to(device)
 
 
 def prepare_for_inference(model: nn.Module, channels_last: bool | None = None) -> nn.Module:

@@ -41,7 +41,8 @@ class EmbedMask(nn.Module):
     def __init__(self, backbone: FPN, proposal_generator: FCOS, mask_branch: MaskBranch, proposal_head: ProposalHead,
                  pixel_head: EmbedHead, pixel_mean: list[float], pixel_std: list[float], mask_out_stride: int = 4,
                  max_proposals: int = -1, topk_proposals_per_im: int = -1, mask_threshold: float = 0.5,
-                 mask_loss_type: str = "Lovasz", mask_loss_alpha: float = 1.0):
+                 mask_loss_type: str = "Lovasz", mask_loss_alpha: float = 1.0,
+                 inference_dtype: torch.dtype = torch.float32):
         super().__init__()
         if max_proposals != -1 and topk_proposals_per_im != -1:
             raise ValueError("MODEL.EMBEDMASK: MAX_PROPOSALS and TOPK_PROPOSALS_PER_IM cannot both be set")
@@ -60,6 +61,8 @@ class EmbedMask(nn.Module):
         self.mask_threshold = mask_threshold
         self.mask_loss_type = mask_loss_type
         self.mask_loss_alpha = mask_loss_alpha
+        # The network's precision at inference (autocast); decoding and the coupling run in float32 regardless.
+        self.inference_dtype = inference_dtype
         # Class names and dataset category ids (e.g. COCO's) of the data the weights were trained on, saved in our
         # checkpoints: labels and scorable results without the dataset at hand.
         self.class_names: list[str] | None = None
@@ -81,6 +84,11 @@ class EmbedMask(nn.Module):
     def forward(self, batched_inputs: list[dict[str, Any]], do_postprocess: bool = True):
         """Losses in training; in eval, per-image results (``do_postprocess=False``: raw detections at network
         resolution with stride-8 ``mask_probs``; :meth:`postprocess_results` finishes them)."""
+        low_precision = not self.training and self.inference_dtype != torch.float32
+        with torch.autocast(self.device.type, dtype=self.inference_dtype, enabled=low_precision):
+            return self._forward(batched_inputs, do_postprocess)
+
+    def _forward(self, batched_inputs: list[dict[str, Any]], do_postprocess: bool):
         images = self.preprocess(batched_inputs)
         features = self.backbone(images.tensor)
         gt_instances = None

@@ -60,9 +60,13 @@ class FCOS(nn.Module):
                                       self.sample_in_mask)
             predictions = flatten_level_first(logits, ltrb, ctrness, top_feats)
             return fcos_losses(targets, predictions, self.focal_alpha, self.focal_gamma, self.loss_weight_cls)
-        detections = predict_detections(
-            locations, logits, ltrb, ctrness, top_feats, self.strides, images.image_sizes, self.score_thresh_test,
-            self.pre_nms_topk_test, self.post_nms_topk_test, self.nms_thresh, self.thresh_with_ctr)
+        # Decoding in float32 also when the network runs in lower precision (MODEL.INFERENCE_DTYPE).
+        logits, ltrb, ctrness, top_feats = ([t.float() for t in ts] for ts in (logits, ltrb, ctrness, top_feats))
+        with torch.autocast(images.tensor.device.type, enabled=False):
+            detections = predict_detections(
+                locations, logits, ltrb, ctrness, top_feats, self.strides, images.image_sizes,
+                self.score_thresh_test, self.pre_nms_topk_test, self.post_nms_topk_test, self.nms_thresh,
+                self.thresh_with_ctr)
         return detections, {}
 
 

@@ -1,110 +1,119 @@
 """FCOS detections from head outputs: threshold, per-level top-k, boxes, class-aware NMS, and a global top-k.
 
-The op sequence follows AdelaiDet's ``FCOSOutputs.predict_proposals`` (spec section 4.4) so that, on the same
-hardware and torch, ties in top-k and NMS break the same way as in the official code.
+The steps are written on tensors alone (no Python numbers read from tensors, no branches on data), so the very same
+functions run eagerly and in an exported ONNX graph (adet/export/). They keep AdelaiDet's ``predict_proposals``
+semantics (spec section 4.4); only the order of equally scored candidates may differ.
 """
 
 from __future__ import annotations
 
 import torch
-from torchvision.ops import batched_nms
+from torchvision.ops import nms
 
 from adet.structures import Boxes, Instances
 
 
-def detections_for_level(locations: torch.Tensor, logits: torch.Tensor, ltrb: torch.Tensor, ctrness: torch.Tensor,
-                         top_feats: torch.Tensor | None, image_sizes: list[tuple[int, int]], score_thresh: float,
-                         pre_nms_topk: int, thresh_with_ctr: bool) -> list[Instances]:
-    """Candidates of one FPN level for each image.
+def level_candidates(locations: torch.Tensor, logits: torch.Tensor, ltrb: torch.Tensor, ctrness: torch.Tensor,
+                     top_feats: torch.Tensor | None, score_thresh: float, pre_nms_topk: int, thresh_with_ctr: bool
+                     ) -> tuple[torch.Tensor, ...]:
+    """Candidates of one FPN level of one image: every (location, class) above the threshold, at most
+    ``pre_nms_topk`` of them (the best).
 
     Args:
         locations: (H*W, 2) cell centres in input pixels.
-        logits: (N, K, H, W) class logits.
-        ltrb: (N, 4, H, W) left/top/right/bottom distances in input pixels.
-        ctrness: (N, 1, H, W) centerness logits.
-        top_feats: (N, C, H, W) per-location proposal features, or None.
+        logits: (K, H, W) class logits.
+        ltrb: (4, H, W) left/top/right/bottom distances in input pixels.
+        ctrness: (1, H, W) centerness logits.
+        top_feats: (C, H, W) per-location proposal features, or None.
 
     Returns:
-        per image, Instances with ``pred_boxes``, ``scores`` = sqrt(cls * ctr), ``pred_classes``, ``locations`` and
-        ``top_feat`` (when given).
+        boxes (n, 4) XYXY, scores (n,) = sqrt(cls * ctr), classes (n,), locations (n, 2), top_feats (n, C) or None;
+        in location-major order (then class), as the official code's nonzero() gives them.
     """
-    num_images, num_classes, height, width = logits.shape
-    class_probs = logits.permute(0, 2, 3, 1).reshape(num_images, -1, num_classes).sigmoid()  # (N, HW, K)
-    ltrb = ltrb.permute(0, 2, 3, 1).reshape(num_images, -1, 4)  # (N, HW, 4)
-    ctr_probs = ctrness.permute(0, 2, 3, 1).reshape(num_images, -1).sigmoid()  # (N, HW)
-    if top_feats is not None:
-        top_feats = top_feats.permute(0, 2, 3, 1).reshape(num_images, height * width, -1)  # (N, HW, C)
-
+    num_classes = logits.shape[0]
+    class_probs = logits.permute(1, 2, 0).reshape(-1, num_classes).sigmoid()  # (HW, K)
+    ctr_probs = ctrness.reshape(-1).sigmoid()  # (HW,)
     # THRESH_WITH_CTR thresholds cls * ctr; otherwise cls alone, and multiplies afterwards.
     if thresh_with_ctr:
-        class_probs = class_probs * ctr_probs[:, :, None]
-    candidates = class_probs > score_thresh  # (N, HW, K)
-    num_kept = candidates.reshape(num_images, -1).sum(1).clamp(max=pre_nms_topk)
+        class_probs = class_probs * ctr_probs[:, None]
+    candidates = (class_probs > score_thresh).reshape(-1)  # (HW * K,)
     if not thresh_with_ctr:
-        class_probs = class_probs * ctr_probs[:, :, None]
-
-    results = []
-    for i in range(num_images):
-        candidates_i = candidates[i]
-        scores = class_probs[i][candidates_i]
-        nonzero = candidates_i.nonzero()
-        location_index, classes = nonzero[:, 0], nonzero[:, 1]
-        ltrb_i = ltrb[i][location_index]
-        locations_i = locations[location_index]
-        top_feat_i = top_feats[i][location_index] if top_feats is not None else None
-        if candidates_i.sum().item() > num_kept[i].item():
-            scores, top = scores.topk(int(num_kept[i]), sorted=False)
-            classes, ltrb_i, locations_i = classes[top], ltrb_i[top], locations_i[top]
-            if top_feat_i is not None:
-                top_feat_i = top_feat_i[top]
-        boxes = torch.stack([
-            locations_i[:, 0] - ltrb_i[:, 0],
-            locations_i[:, 1] - ltrb_i[:, 1],
-            locations_i[:, 0] + ltrb_i[:, 2],
-            locations_i[:, 1] + ltrb_i[:, 3],
-        ], dim=1)
-        result = Instances(image_sizes[i])
-        result.pred_boxes = Boxes(boxes)
-        result.scores = torch.sqrt(scores)
-        result.pred_classes = classes
-        result.locations = locations_i
-        if top_feat_i is not None:
-            result.top_feat = top_feat_i
-        results.append(result)
-    return results
+        class_probs = class_probs * ctr_probs[:, None]
+    flat = class_probs.reshape(-1)
+    # The best pre_nms_topk candidates, as a top-k over all scores with non-candidates pushed below every score.
+    masked = torch.where(candidates, flat, torch.full_like(flat, -1.0))
+    top_scores, top_index = masked.topk(torch.sym_min(pre_nms_topk, flat.shape[0]))
+    chosen = top_index[top_scores >= 0].sort().values  # (n,) back in location-major order
+    location_index, classes = chosen // num_classes, chosen % num_classes
+    ltrb = ltrb.reshape(4, -1)[:, location_index]  # (4, n)
+    points = locations[location_index]  # (n, 2)
+    boxes = torch.stack([points[:, 0] - ltrb[0], points[:, 1] - ltrb[1], points[:, 0] + ltrb[2],
+                         points[:, 1] + ltrb[3]], dim=1)
+    feats = top_feats.reshape(top_feats.shape[0], -1)[:, location_index].t() if top_feats is not None else None
+    return boxes, torch.sqrt(flat[chosen]), classes, points, feats
 
 
-def select_over_all_levels(per_image: list[Instances], nms_thresh: float, post_nms_topk: int) -> list[Instances]:
-    """Class-aware NMS (IoU > ``nms_thresh`` suppresses), then keep the ``post_nms_topk`` best scores per image
-    (every detection tied with the last kept one stays, as in the official code). Output is score-descending."""
-    results = []
-    for instances in per_image:
-        if nms_thresh > 0:
-            keep = batched_nms(instances.pred_boxes.tensor.float(), instances.scores, instances.pred_classes,
-                               nms_thresh)
-            instances = instances[keep]
-        num_detections = len(instances)
-        if num_detections > post_nms_topk > 0:
-            threshold, _ = torch.kthvalue(instances.scores.cpu(), num_detections - post_nms_topk + 1)
-            keep = torch.nonzero(instances.scores >= threshold.item()).squeeze(1)
-            instances = instances[keep]
-        results.append(instances)
-    return results
+def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, threshold: float
+                    ) -> torch.Tensor:
+    """Indices kept by NMS within each class (IoU > ``threshold`` suppresses), by decreasing score: boxes of
+    different classes are moved apart so one NMS call sees no overlap between classes (torchvision's
+    ``batched_nms``, always by this route: no branch on the box count)."""
+    extent = torch.cat([boxes.reshape(-1), boxes.new_zeros(1)]).max() + 1
+    return nms(boxes + (classes.to(boxes.dtype) * extent)[:, None], scores, threshold)
+
+
+def best_with_ties(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """(m,) bool: the ``k`` best scores and every score tied with the k-th, as the official ``kthvalue`` rule."""
+    padded = torch.cat([scores, scores.new_full((1,), float("-inf"))])  # so that k-th always exists
+    kth = padded.topk(torch.sym_min(k, padded.shape[0])).values[-1]
+    return scores >= kth
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, nms_thresh: float,
+                      post_nms_topk: int) -> torch.Tensor:
+    """Indices of the final detections of one image, by decreasing score: class-aware NMS, then the
+    ``post_nms_topk`` best (ties with the last kept included)."""
+    keep = class_aware_nms(boxes.float(), scores, classes, nms_thresh) if nms_thresh > 0 else \
+        scores.argsort(descending=True)
+    if post_nms_topk > 0:
+        keep = keep[best_with_ties(scores[keep], post_nms_topk)]
+    return keep
+
+
+def image_candidates(locations: list[torch.Tensor], logits: list[torch.Tensor], ltrb: list[torch.Tensor],
+                     ctrness: list[torch.Tensor], top_feats: list[torch.Tensor] | None, strides: list[int],
+                     score_thresh: float, pre_nms_topk: int, thresh_with_ctr: bool) -> tuple[torch.Tensor, ...]:
+    """The candidates of every level of one image (inputs per level, without the batch dimension), concatenated,
+    with each one's level: boxes, scores, classes, locations, top_feats (or None), levels."""
+    parts = []
+    for level, stride in enumerate(strides):
+        candidates = level_candidates(locations[level], logits[level], ltrb[level] * stride, ctrness[level],
+                                      top_feats[level] if top_feats else None, score_thresh, pre_nms_topk,
+                                      thresh_with_ctr)
+        parts.append((*candidates, torch.full_like(candidates[2], level)))
+    merged = [torch.cat(list(column)) if column[0] is not None else None for column in zip(*parts)]
+    return tuple(merged)
 
 
 def predict_detections(locations: list[torch.Tensor], logits: list[torch.Tensor], ltrb: list[torch.Tensor],
                        ctrness: list[torch.Tensor], top_feats: list[torch.Tensor], strides: list[int],
                        image_sizes: list[tuple[int, int]], score_thresh: float, pre_nms_topk: int,
                        post_nms_topk: int, nms_thresh: float, thresh_with_ctr: bool) -> list[Instances]:
-    """Detections of every image over all levels (lists indexed by level). ``ltrb`` is in strides; each result
-    also carries ``fpn_levels``."""
-    per_level = []
-    for level, stride in enumerate(strides):
-        level_results = detections_for_level(
-            locations[level], logits[level], ltrb[level] * stride, ctrness[level],
-            top_feats[level] if top_feats else None, image_sizes, score_thresh, pre_nms_topk, thresh_with_ctr)
-        for result in level_results:
-            result.fpn_levels = locations[level].new_ones(len(result), dtype=torch.long) * level
-        per_level.append(level_results)
-    per_image = [Instances.cat(list(levels)) for levels in zip(*per_level)]
-    return select_over_all_levels(per_image, nms_thresh, post_nms_topk)
+    """Detections of every image (lists indexed by level, tensors batched; ``ltrb`` in strides) as Instances with
+    ``pred_boxes``, ``scores``, ``pred_classes``, ``locations``, ``fpn_levels`` and ``top_feat``."""
+    results = []
+    for i, image_size in enumerate(image_sizes):
+        boxes, scores, classes, points, feats, levels = image_candidates(
+            locations, [x[i] for x in logits], [x[i] for x in ltrb], [x[i] for x in ctrness],
+            [x[i] for x in top_feats] if top_feats else None, strides, score_thresh, pre_nms_topk, thresh_with_ctr)
+        keep = select_detections(boxes, scores, classes, nms_thresh, post_nms_topk)
+        result = Instances(image_size)
+        result.pred_boxes = Boxes(boxes[keep])
+        result.scores = scores[keep]
+        result.pred_classes = classes[keep]
+        result.locations = points[keep]
+        result.fpn_levels = levels[keep]
+        if feats is not None:
+            result.top_feat = feats[keep]
+        results.append(result)
+    return results

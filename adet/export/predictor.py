@@ -1,0 +1,77 @@
+"""``ONNXPredictor``: an exported EmbedMask run by ONNX Runtime, called as :class:`adet.engine.DefaultPredictor`."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import torch
+
+from adet.config import CfgNode
+from adet.data.image_io import as_color_uint8
+from adet.data.transforms import ResizeShortestEdge
+from adet.modeling.embedmask.postprocess import postprocess
+from adet.structures import Boxes, Instances
+
+from .onnx_model import INPUT_NAMES, padded_input
+
+
+class ONNXPredictor:
+    """``predictor(image)`` takes an (H, W, 3) uint8 BGR array (gray and BGRA too) and returns
+    ``{"instances": Instances}`` in its pixels, with ``pred_boxes``, ``scores``, ``pred_classes`` and
+    ``pred_masks`` (N, H, W) bool, as DefaultPredictor does. The test-time resize before the graph and the mask
+    pasting after it are DefaultPredictor's and the model's own code; the config, class names and dataset ids come
+    from the file's metadata.
+
+    Args:
+        path: a file written by ``embedmask export``.
+        providers: ONNX Runtime execution providers (default: CUDA when available, then CPU).
+        threads: intra-op threads (default: ONNX Runtime's choice).
+    """
+
+    def __init__(self, path: str, providers: list[str] | None = None, threads: int | None = None):
+        from adet.checkpoint import WeightFileError
+
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise WeightFileError("ONNX Runtime is not installed: pip install 'embedmask[export]'") from None
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        available = ort.get_available_providers()
+        providers = providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime raises its own types for unreadable files
+            raise WeightFileError(f"{path}: not a loadable ONNX model ({str(e).splitlines()[0][:200]})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map
+        if "embedmask_config" not in metadata:
+            raise WeightFileError(f"{path}: not an EmbedMask export (no embedmask_config in its metadata)")
+        self.cfg = CfgNode.load_cfg(metadata["embedmask_config"])
+        self.class_names = json.loads(metadata.get("class_names", "null"))
+        self.category_ids = json.loads(metadata.get("category_ids", "null"))
+        self.aug = ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST] * 2, self.cfg.INPUT.MAX_SIZE_TEST)
+        self.input_format = self.cfg.INPUT.FORMAT
+
+    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
+        """(padded network input, its unpadded size, the original size) of one image."""
+        image = np.ascontiguousarray(as_color_uint8(image))
+        if self.input_format == "RGB":
+            image = image[:, :, ::-1]
+        resized = self.aug.get_transform(image).apply_image(image)
+        padded, size = padded_input(resized)
+        return padded, size, image.shape[:2]
+
+    def run(self, padded: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
+        """The graph's outputs (boxes, scores, classes, mask_probs) for a padded network input."""
+        return self.session.run(None, {INPUT_NAMES[0]: padded, INPUT_NAMES[1]: np.asarray(size, dtype=np.int64)})
+
+    def __call__(self, original_image: np.ndarray) -> dict[str, Instances]:
+        padded, size, (height, width) = self.preprocess(original_image)
+        boxes, scores, classes, mask_probs = self.run(padded, size)
+        detections = Instances(size, pred_boxes=Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
+                               pred_classes=torch.from_numpy(classes), mask_probs=torch.from_numpy(mask_probs))
+        embedmask = self.cfg.MODEL.EMBEDMASK
+        return {"instances": postprocess(detections, height, width, padded.shape[:2], embedmask.MASK_TH,
+                                         embedmask.MASK_OUT_STRIDE)}

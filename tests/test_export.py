@@ -1,0 +1,167 @@
+"""ONNX export: one file for every image size, ONNX Runtime equal to PyTorch (and, for R-50 with the reference
+weights, to the official implementation), an image without detections, the predictor and command-line paths; and
+the bfloat16 inference mode."""
+
+import json
+import os
+import sys
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnxscript")
+
+from adet.cli import main as embedmask  # noqa: E402
+from adet.cli.export import compare  # noqa: E402
+from adet.engine import DefaultPredictor  # noqa: E402
+from adet.modeling import build_model  # noqa: E402
+
+from .conftest import REFERENCE, make_tiny_cfg, shapes_image  # noqa: E402
+
+
+def tiny_checkpoint(folder, *overrides):
+    cfg = make_tiny_cfg("MODEL.FCOS.NUM_CLASSES", 2, *overrides)
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    state["proposal_generator.fcos_head.bbox_pred.bias"] += 1.5
+    state["proposal_generator.fcos_head.cls_logits.bias"].normal_(0, 2, generator=torch.Generator().manual_seed(0))
+    path = os.path.join(folder, "tiny.pth")
+    torch.save({"model": state, "config": cfg.dump(), "class_names": ["cat", "dog"], "category_ids": [5, 9]}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("export")
+    weights = tiny_checkpoint(str(folder))
+    path = str(folder / "tiny.onnx")
+    assert embedmask(["export", "--weights", weights, "--output", path]) == 0
+    return weights, path
+
+
+def _pytorch(weights, *overrides):
+    from adet.api import load_config
+
+    return DefaultPredictor(load_config(weights, None, ["MODEL.DEVICE", "cpu", *overrides]))
+
+
+@pytest.mark.parametrize("size", [(96, 128), (200, 90), (64, 300), (333, 257)])
+def test_one_file_for_every_size_and_aspect_ratio(exported, size):
+    from adet.export import ONNXPredictor
+
+    weights, path = exported
+    image = cv2.resize(shapes_image(96, 128, seed=size[0])[0], (size[1], size[0]))
+    expected = _pytorch(weights)(image)["instances"]
+    actual = ONNXPredictor(path)(image)["instances"]
+    check = compare(expected, actual)
+    assert check["detections"] > 5 and check["matched"] == check["detections"] == check["onnx_detections"]
+    assert check["score"] < 1e-5 and check["box"] < 1e-3 and check["mask_iou"] > 0.99
+    assert actual.pred_masks.shape == (len(actual), *size) and actual.pred_masks.dtype == torch.bool
+
+
+def test_an_image_without_detections(exported, tmp_path):
+    """A model whose scores never pass the threshold: both runtimes return nothing, with the right shapes."""
+    from adet.export import ONNXPredictor
+
+    folder = tmp_path / "silent"
+    folder.mkdir()
+    weights = tiny_checkpoint(str(folder), "MODEL.FCOS.INFERENCE_TH_TEST", 0.99)
+    path = str(folder / "silent.onnx")
+    assert embedmask(["export", "--weights", weights, "--output", path, "--no-check"]) == 0
+    image = shapes_image(96, 128)[0]
+    assert len(_pytorch(weights)(image)["instances"]) == 0
+    instances = ONNXPredictor(path)(image)["instances"]
+    assert len(instances) == 0 and instances.pred_masks.shape == (0, 96, 128)
+    assert instances.pred_boxes.tensor.shape == (0, 4)
+
+
+def test_file_carries_config_classes_and_dataset_ids(exported):
+    import onnx
+
+    from adet.export import ONNXPredictor
+
+    _, path = exported
+    metadata = {p.key: p.value for p in onnx.load(path, load_external_data=False).metadata_props}
+    assert "MODEL:" in metadata["embedmask_config"] and json.loads(metadata["category_ids"]) == [5, 9]
+    predictor = ONNXPredictor(path)
+    assert predictor.class_names == ["cat", "dog"] and predictor.cfg.MODEL.RESNETS.DEPTH == 18
+
+
+def test_predict_and_python_api_run_the_onnx_file(exported, tmp_path):
+    import adet
+
+    weights, path = exported
+    images = tmp_path / "images"
+    images.mkdir()
+    for k in range(2):
+        cv2.imwrite(str(images / f"{k:012d}.png"), shapes_image(96, 128, seed=k)[0])
+    for label, source in (("onnx", ["--onnx", path]), ("torch", ["--weights", weights, "--device", "cpu"])):
+        assert embedmask(["predict", *source, "--input", str(images), "--json", str(tmp_path / f"{label}.json"),
+                          "--confidence-threshold", "0.3"]) == 0
+    onnx_results, torch_results = (json.loads((tmp_path / f"{label}.json").read_text()) for label in ("onnx", "torch"))
+    assert len(onnx_results) == len(torch_results) > 0
+    for a, b in zip(onnx_results, torch_results):
+        assert (a["image_id"], a["category_id"], a["segmentation"]) == (b["image_id"], b["category_id"],
+                                                                         b["segmentation"])
+        assert abs(a["score"] - b["score"]) < 1e-5
+    result = adet.load(path, confidence=0.3)(str(images / "000000000001.png"))
+    assert len(result) > 0 and set(result.category_ids) <= {5, 9} and (result.scores >= 0.3).all()
+    assert embedmask(["predict", "--onnx", path, "--weights", weights, "--input", str(images)]) == 2
+
+
+@pytest.mark.slow
+def test_r50_in_onnx_runtime_gives_the_official_outputs(tmp_path):
+    """The official R-50 architecture with the reference weights, exported and run in ONNX Runtime, against the
+    official implementation's outputs (check_parity.py's tolerances)."""
+    import pycocotools.mask as mask_util
+
+    from adet.export import ONNXPredictor
+
+    sys.path.insert(0, REFERENCE)
+    import detweights
+
+    sys.path.insert(0, os.path.join(os.path.dirname(REFERENCE), "..", "..", "benchmarks"))
+    from gpu_check import compare_outputs
+
+    with open(os.path.join(REFERENCE, "embedmask_R_50_state_dict.json")) as f:
+        entries = json.load(f)
+    weights = str(tmp_path / "r50.pth")
+    torch.save({"model": detweights.make_state_dict(entries)}, weights)
+    path = str(tmp_path / "r50.onnx")
+    assert embedmask(["export", "--config-file", "EmbedMask/MS_R_50_1x.yaml", "--weights", weights, "--output",
+                      path, "--no-check"]) == 0
+    predictor = ONNXPredictor(path)
+    official = np.load(os.path.join(REFERENCE, "outputs_R_50.npz"))
+    with open(os.path.join(REFERENCE, "outputs_R_50_masks_rle.json")) as f:
+        rles = json.load(f)
+    for name in ("astronaut", "coffee"):
+        instances = predictor(cv2.imread(os.path.join(REFERENCE, "images", f"{name}.png"), cv2.IMREAD_COLOR))[
+            "instances"]
+        count = int(official[f"{name}__num"])
+        reference = {"boxes": official[f"{name}__boxes"][:count], "scores": official[f"{name}__scores"][:count],
+                     "classes": official[f"{name}__classes"][:count],
+                     "masks": mask_util.decode([{"size": r["size"], "counts": r["counts"].encode()}
+                                                for r in rles[name]]).transpose(2, 0, 1).astype(bool)}
+        ours = {"boxes": instances.pred_boxes.tensor.numpy(), "scores": instances.scores.numpy(),
+                "classes": instances.pred_classes.numpy(), "masks": instances.pred_masks.numpy()}
+        summary, ok = compare_outputs(reference, ours)
+        assert ok and summary.startswith("100/100 matched"), summary
+
+
+def test_bfloat16_inference_decodes_in_float32(tmp_path):
+    from adet.config import ConfigError
+
+    weights = tiny_checkpoint(str(tmp_path))
+    image = shapes_image(96, 128)[0]
+    full = _pytorch(weights)(image)["instances"]
+    half = _pytorch(weights, "MODEL.INFERENCE_DTYPE", "bfloat16")(image)["instances"]
+    assert half.scores.dtype == torch.float32 and half.pred_boxes.tensor.dtype == torch.float32
+    check = compare(full, half)
+    assert check["matched"] >= 0.8 * check["detections"] and check["score"] < 0.05
+    with pytest.raises(ConfigError, match="float16 needs a GPU"):
+        build_model(make_tiny_cfg("MODEL.INFERENCE_DTYPE", "float16"))
+    with pytest.raises(ConfigError, match="MODEL.INFERENCE_DTYPE must be one of"):
+        build_model(make_tiny_cfg("MODEL.INFERENCE_DTYPE", "int8"))
