@@ -468,6 +468,18 @@ CASES: list[Case] = [
          "holds weights only (no optimizer, scheduler)", _unchanged_run),
     Case("resume_nothing_saved_yet", "resume", lambda w: train(w, "train.json", "--resume"), 0,
          "nothing was saved in"),
+    # -- export ------------------------------------------------------------------------------------------------------
+    Case("export_output_unwritable", "output", lambda w: ["export", "--weights", w.checkpoint, "--output",
+                                                          "/proc/embedmask/model.onnx"], 2,
+         "--output /proc/embedmask/model.onnx: cannot"),
+    Case("export_weights_text_file", "weights", lambda w: ["export", "--config-file", w.config, "--weights",
+                                                           w.write_text("w.pth", "not weights"), "--output",
+                                                           w.path("m.onnx")], 2, "w.pth: not a torch checkpoint"),
+    Case("predict_onnx_not_onnx", "weights", lambda w: ["predict", "--onnx", w.write_text("m.onnx", "text"),
+                                                        "--input", w.images], 2, "m.onnx: not a loadable ONNX model"),
+    Case("predict_onnx_with_weights", "command line", lambda w: ["predict", "--onnx", w.path("m.onnx"), "--weights",
+                                                                 w.checkpoint, "--input", w.images], 2,
+         "--onnx: the exported file holds the model and its config"),
     # -- videos ------------------------------------------------------------------------------------------------------
     Case("video_not_a_video", "video", lambda w: ["predict", "--weights", w.checkpoint, "--video-input",
                                                   w.write_text("clip.mp4", "not a video")], 2,
