@@ -29,17 +29,15 @@ def build_parser(prog: str | None = None, eval_only: bool = False) -> argparse.A
 
 def resolve_config(args: argparse.Namespace):
     """The frozen config of a command line: --config-file (or the checkpoint's own config), overrides, --weights."""
+    register_datasets_from_args(args.dataset)
     if not args.config_file and args.weights:
         from adet.api import load_config
 
         cfg = load_config(args.weights, None, args.opts, device=None)
-        register_datasets_from_args(args.dataset)
-        cfg.freeze()
-        return cfg
-    register_datasets_from_args(args.dataset)
-    cfg = setup_cfg(args, freeze=False)
-    if args.weights:
-        cfg.MODEL.WEIGHTS = args.weights
+    else:
+        cfg = setup_cfg(args, freeze=False)
+        if args.weights:
+            cfg.MODEL.WEIGHTS = args.weights
     cfg.freeze()
     return cfg
 

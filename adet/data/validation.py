@@ -130,9 +130,11 @@ def rle_counts(counts: str) -> list[int] | None:
 def _check_rle(segmentation: dict, height: int, width: int) -> str | None:
     """None if ``segmentation`` is a usable RLE of an image of (height, width), else what is wrong."""
     size, counts = segmentation.get("size"), segmentation.get("counts")
-    if not isinstance(size, (list, tuple)) or len(size) != 2 or [_as_int(v) for v in size] != [height, width]:
-        return "RLE whose size differs from the image" if isinstance(size, (list, tuple)) and len(size) == 2 and all(
-            _as_int(v) is not None for v in size) else "malformed RLE"
+    size = [_as_int(v) for v in size] if isinstance(size, (list, tuple)) and len(size) == 2 else None
+    if size is None or None in size:
+        return "malformed RLE"
+    if size != [height, width]:
+        return "RLE whose size differs from the image"
     if isinstance(counts, list):
         runs = [_as_int(v) for v in counts]
     elif isinstance(counts, (str, bytes)):
