@@ -80,7 +80,8 @@ def read_checkpoint_file(path: str) -> dict[str, Any]:
         raise CheckpointError(f"{path}: not a torch checkpoint (it starts with {shown!r}); expected a .pth file "
                               "written by torch.save")
     try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped when the file allows: reading a config or checking a file before loading it costs little.
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK\x03\x04"))
     except pickle.UnpicklingError as e:
         reason = str(e).strip().splitlines()
         detail = next((line for line in reason if "Unsupported global" in line), reason[0] if reason else "")

@@ -41,21 +41,12 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
 
 
 def _annotation_masks(annotations: list[dict], height: int, width: int) -> np.ndarray:
-    from adet.structures import polygons_to_bitmask
+    import pycocotools.mask as mask_util
 
-    masks = []
-    for obj in annotations:
-        segmentation = obj.get("segmentation")
-        if isinstance(segmentation, list):
-            masks.append(polygons_to_bitmask(segmentation, height, width))
-        elif isinstance(segmentation, dict):
-            import pycocotools.mask as mask_util
+    from adet.structures import segmentation_to_rle
 
-            rle = mask_util.frPyObjects(segmentation, height, width) if isinstance(segmentation["counts"], list) \
-                else segmentation
-            masks.append(mask_util.decode(rle).astype(bool))
-        else:
-            masks.append(np.zeros((height, width), bool))
+    masks = [mask_util.decode(segmentation_to_rle(a["segmentation"], height, width)).astype(bool)
+             if a.get("segmentation") else np.zeros((height, width), bool) for a in annotations]
     return np.stack(masks) if masks else np.zeros((0, height, width), bool)
 
 

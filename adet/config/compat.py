@@ -10,6 +10,7 @@ of them for other models. They load here and are dropped, so nothing the model i
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from typing import Any
@@ -77,14 +78,13 @@ KEYS: dict[str, tuple[Any, str, str]] = {
 }
 
 
-def _load_foreign_keys() -> dict[str, Any]:
-    """Keys of other detectron2/AdelaiDet models, with the defaults a resolved official config holds."""
+@functools.cache
+def foreign_keys() -> tuple[dict[str, Any], frozenset[str]]:
+    """Keys of other detectron2/AdelaiDet models with the defaults a resolved official config holds, and their
+    groups (e.g. MODEL.BLENDMASK); read on first use."""
     with open(os.path.join(os.path.dirname(__file__), "foreign_defaults.yaml")) as f:
-        return _flatten("", yaml.safe_load(f))
-
-
-FOREIGN_KEYS = _load_foreign_keys()
-FOREIGN_GROUPS = {".".join(key.split(".")[:2]) for key in FOREIGN_KEYS}  # e.g. MODEL.BLENDMASK
+        keys = _flatten("", yaml.safe_load(f))
+    return keys, frozenset(".".join(key.split(".")[:2]) for key in keys)
 
 
 def _same(value: Any, neutral: Any) -> bool:
@@ -97,8 +97,9 @@ def _same(value: Any, neutral: Any) -> bool:
 
 def is_known(full_key: str) -> bool:
     """Whether ``full_key`` (a leaf or a group) is a detectron2/AdelaiDet key this model drops."""
-    return (full_key in KEYS or full_key in FOREIGN_KEYS or any(key.startswith(full_key + ".") for key in KEYS)
-            or any(full_key == group or full_key.startswith(group + ".") for group in FOREIGN_GROUPS))
+    keys, groups = foreign_keys()
+    return (full_key in KEYS or full_key in keys or any(key.startswith(full_key + ".") for key in KEYS)
+            or any(full_key == group or full_key.startswith(group + ".") for group in groups))
 
 
 def drop(full_key: str, value: Any, source: str) -> None:
@@ -118,7 +119,7 @@ def drop(full_key: str, value: Any, source: str) -> None:
             raise ConfigError(message)
         logger.warning("%s; ignored", message)
         return
-    default = FOREIGN_KEYS.get(full_key, ANY)
+    default = foreign_keys()[0].get(full_key, ANY)
     if default is not ANY and _same(value, default):
         return
     if default is ANY and value in (None, "", [], ()):

@@ -10,7 +10,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
-from adet.structures import BitMasks, Boxes, Instances, PolygonMasks
+from adet.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask, segmentation_to_rle
 
 from .coco import BoxMode
 from .image_io import ImageSizeError, read_image
@@ -35,9 +35,8 @@ def transform_annotation(obj: dict, transforms: TransformList, image_size: tuple
     if isinstance(segmentation, list):
         obj["segmentation"] = transforms.apply_polygons([np.asarray(p, dtype=np.float64) for p in segmentation])
     elif isinstance(segmentation, dict):
-        if isinstance(segmentation["counts"], list):
-            segmentation = mask_util.frPyObjects(segmentation, *segmentation["size"])
-        obj["segmentation"] = transforms.apply_segmentation(mask_util.decode(segmentation))
+        rle = segmentation_to_rle(segmentation, *segmentation["size"])
+        obj["segmentation"] = transforms.apply_segmentation(mask_util.decode(rle))
     return obj
 
 
@@ -60,10 +59,10 @@ def annotations_to_instances(annotations: list[dict], image_size: tuple[int, int
 
 
 def _as_bitmask(segmentation, height: int, width: int) -> np.ndarray:
+    """A transformed annotation's mask: already a bitmap (from RLE), or polygons."""
     if isinstance(segmentation, np.ndarray):
         return segmentation.astype(bool)
-    rles = mask_util.frPyObjects([np.asarray(p).ravel().tolist() for p in segmentation], height, width)
-    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+    return polygons_to_bitmask(segmentation, height, width)
 
 
 def filter_empty_instances(instances: Instances, box_threshold: float = 1e-5) -> Instances:

@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 
+from adet.structures.masks import segmentation_to_rle
+
 logger = logging.getLogger(__name__)
 
 EXAMPLES = 5  # ids kept per kind of problem
@@ -146,15 +148,6 @@ def _check_rle(segmentation: dict, height: int, width: int) -> str | None:
     return None
 
 
-def _segmentation_rle(segmentation, height: int, width: int) -> dict:
-    if isinstance(segmentation, list):
-        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation["counts"], list):
-        return mask_util.frPyObjects(segmentation, height, width)
-    counts = segmentation["counts"]
-    return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
-
-
 def _clean_annotation(ann: dict, image: dict, report: ValidationReport, ident: Any) -> dict | None:
     """A checked copy of ``ann`` (polygons filtered, box and area filled in), or None to drop it."""
     height, width = image["height"], image["width"]
@@ -190,7 +183,7 @@ def _clean_annotation(ann: dict, image: dict, report: ValidationReport, ident: A
     rle = None
     bbox = ann.get("bbox")
     if bbox is None:
-        rle = _segmentation_rle(ann["segmentation"], height, width)
+        rle = segmentation_to_rle(ann["segmentation"], height, width)
         bbox = mask_util.toBbox(rle).tolist()
         report.add(REPAIRED, "without bbox, its box derived from the mask", ident)
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(_is_number(v) for v in bbox):
@@ -209,7 +202,7 @@ def _clean_annotation(ann: dict, image: dict, report: ValidationReport, ident: A
     ann["bbox"] = [x, y, w, h]
     area = ann.get("area")
     if not _is_number(area) or not math.isfinite(area) or area < 0:
-        rle = rle if rle is not None else _segmentation_rle(ann["segmentation"], height, width)
+        rle = rle if rle is not None else segmentation_to_rle(ann["segmentation"], height, width)
         ann["area"] = float(mask_util.area(rle))
         report.add(REPAIRED, "without a valid area, computed from the mask", ident)
     return ann

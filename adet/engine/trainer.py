@@ -20,7 +20,6 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from adet.checkpoint import DetectionCheckpointer
-from adet.config import ConfigError
 from adet.data import MetadataCatalog, build_detection_train_loader
 from adet.modeling import build_model
 from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
@@ -29,7 +28,7 @@ from adet.utils.plots import plot_training_curves
 
 from .evaluate import evaluate_datasets
 from .metrics import MetricsWriter
-from .preflight import check_resume
+from .preflight import check_num_classes, check_resume
 
 logger = logging.getLogger(__name__)
 
@@ -84,12 +83,9 @@ def dataset_classes(cfg) -> tuple[list[str] | None, list[int] | None]:
     """Class names and dataset category ids (in contiguous order) of DATASETS.TRAIN, saved in checkpoints."""
     if not cfg.DATASETS.TRAIN:
         return None, None
+    check_num_classes(cfg)
     metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
     names = metadata.get("thing_classes")
-    if names is not None and len(names) != cfg.MODEL.FCOS.NUM_CLASSES:
-        raise ConfigError(f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]} has {len(names)} classes but "
-                          f"MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}; add MODEL.FCOS.NUM_CLASSES "
-                          f"{len(names)}")
     id_map = metadata.get("thing_dataset_id_to_contiguous_id")
     ids = [k for k, _ in sorted(id_map.items(), key=lambda kv: kv[1])] if id_map else None
     return names, ids

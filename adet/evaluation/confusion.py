@@ -15,13 +15,7 @@ from collections import defaultdict
 import numpy as np
 import pycocotools.mask as mask_util
 
-
-def _rle(segmentation, height: int, width: int):
-    if isinstance(segmentation, list):  # polygons
-        return mask_util.merge(mask_util.frPyObjects(segmentation, height, width))
-    if isinstance(segmentation.get("counts"), list):  # uncompressed RLE
-        return mask_util.frPyObjects(segmentation, height, width)
-    return segmentation
+from adet.structures import segmentation_to_rle
 
 
 def confusion_matrix(gt: dict, predictions: list[dict], category_ids: list[int], iou_threshold: float = 0.5,
@@ -51,8 +45,9 @@ def confusion_matrix(gt: dict, predictions: list[dict], category_ids: list[int],
             height, width = sizes[image_id]
             with_masks = all("segmentation" in a for a in gts + dets)
             if with_masks:
-                ious = mask_util.iou([_rle(d["segmentation"], height, width) for d in dets],
-                                     [_rle(g["segmentation"], height, width) for g in gts], [0] * len(gts))
+                ious = mask_util.iou([segmentation_to_rle(d["segmentation"], height, width) for d in dets],
+                                     [segmentation_to_rle(g["segmentation"], height, width) for g in gts],
+                                     [0] * len(gts))
             else:
                 ious = mask_util.iou([d["bbox"] for d in dets], [g["bbox"] for g in gts], [0] * len(gts))
             ious = np.asarray(ious).reshape(len(dets), len(gts))

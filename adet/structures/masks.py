@@ -16,8 +16,19 @@ def polygons_to_bitmask(polygons: Sequence[np.ndarray], height: int, width: int)
     as COCO's own tools do."""
     if len(polygons) == 0:
         return np.zeros((height, width), dtype=bool)
-    rles = mask_util.frPyObjects([np.asarray(p, dtype=np.float64).ravel().tolist() for p in polygons], height, width)
-    return mask_util.decode(mask_util.merge(rles)).astype(bool)
+    return mask_util.decode(segmentation_to_rle(list(polygons), height, width)).astype(bool)
+
+
+def segmentation_to_rle(segmentation: list | dict, height: int, width: int) -> dict:
+    """A COCO segmentation (polygons, uncompressed or compressed RLE) of an image of (height, width) as one
+    compressed RLE, as pycocotools' functions take it."""
+    if isinstance(segmentation, list):
+        polygons = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in segmentation]
+        return mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+    if isinstance(segmentation["counts"], list):
+        return mask_util.frPyObjects(segmentation, height, width)
+    counts = segmentation["counts"]
+    return {"size": list(segmentation["size"]), "counts": counts.encode() if isinstance(counts, str) else counts}
 
 
 def _polygon_area(x: np.ndarray, y: np.ndarray) -> float:
