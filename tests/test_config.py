@@ -133,11 +133,52 @@ def test_missing_config_and_missing_base(tmp_path):
         get_cfg().merge_from_file(str(bad))
 
 
-def test_defaults_are_detectron2_and_adelaidet_defaults():
+def test_defaults_are_the_official_base_config():
+    """get_cfg() is Base-EmbedMask.yaml over detectron2/AdelaiDet defaults: merging that file changes nothing."""
     cfg = get_cfg()
+    base = get_cfg()
+    base.merge_from_file(os.path.join(CONFIGS, "Base-EmbedMask.yaml"))
+    assert cfg.dump() == base.dump()
     assert cfg.MODEL.PIXEL_MEAN == [103.530, 116.280, 123.675] and cfg.MODEL.PIXEL_STD == [1.0, 1.0, 1.0]
-    assert cfg.MODEL.EMBEDMASK.PROPOSAL_HEAD == "Conv3" and cfg.MODEL.EMBEDMASK.MAX_PROPOSALS == -1
-    assert cfg.MODEL.FCOS.THRESH_WITH_CTR is False and cfg.INPUT.MAX_SIZE_TEST == 1333
+    assert cfg.MODEL.META_ARCHITECTURE == "EmbedMask" and cfg.MODEL.EMBEDMASK.PROPOSAL_HEAD == "Conv1_Conv3"
+    assert cfg.MODEL.EMBEDMASK.MAX_PROPOSALS == 500 and cfg.MODEL.FCOS.THRESH_WITH_CTR is True
+    assert cfg.INPUT.MAX_SIZE_TEST == 1333 and cfg.SOLVER.BASE_LR == 0.01
     # get_cfg returns independent copies
     cfg.SOLVER.BASE_LR = 5.0
-    assert get_cfg().SOLVER.BASE_LR == 0.001
+    assert get_cfg().SOLVER.BASE_LR == 0.01
+
+
+def test_default_config_builds_the_released_r50_architecture():
+    """Every tensor of the official R-50 state dict, same name and shape, and nothing else."""
+    import json
+
+    import torch
+
+    from adet.checkpoint.official_names import convert_official_state_dict
+    from adet.modeling import build_model
+
+    with open(os.path.join(FIXTURES, "reference", "embedmask_R_50_state_dict.json")) as f:
+        entries = json.load(f)
+    official = convert_official_state_dict({e["name"]: torch.empty(e["shape"], device="meta") for e in entries})
+    model = build_model(get_cfg(), device="meta")
+    assert {k: tuple(v.shape) for k, v in model.state_dict().items()} == {k: tuple(v.shape) for k, v in
+                                                                          official.items()}
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("MODEL.FCOS.LOC_LOSS_TYPE", "iou", "GIoU"),
+    ("MODEL.FCOS.BOX_QUALITY", "iou", "centerness"),
+    ("MODEL.PROPOSAL_GENERATOR.NAME", "RPN", "FCOS"),
+    ("MODEL.FPN.NORM", "GN", "without normalisation"),
+    ("DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler", "TrainingSampler"),
+])
+def test_keys_with_one_legal_value_accept_it_silently_and_refuse_others(key, value, message, caplog):
+    from adet.config import compat
+
+    neutral = compat.KEYS[key][0][0]
+    with caplog.at_level("WARNING"):
+        cfg = get_cfg()
+        cfg.merge_from_list([key, repr(neutral) if not isinstance(neutral, str) else neutral])
+    assert caplog.records == [] and key not in _flat(yaml.safe_load(cfg.dump()))
+    with pytest.raises(ConfigError, match=f"{key} '{value}' is not used by EmbedMask: .*{message}"):
+        get_cfg().merge_from_list([key, value])

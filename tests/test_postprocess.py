@@ -3,7 +3,13 @@ import torch
 import torch.nn.functional as F
 
 from adet.layers import aligned_bilinear
-from adet.modeling.embedmask.postprocess import mask_factors, paste_masks, resize_operator
+from adet.modeling.embedmask.postprocess import mask_factors, mask_operators, paste_masks, resize_operator
+
+
+def paste(probs, crop, out_size, threshold):
+    """The masks of (P, 13, 19) stride-8 probabilities of a 104 x 152 padded input whose image is ``crop``."""
+    rows, cols = mask_operators(probs.shape[-2:], (104, 152), crop, out_size, 4, probs.device)
+    return paste_masks(probs, rows, cols, threshold)
 
 
 def official_chain(probs, crop, out_size):
@@ -18,7 +24,7 @@ def test_separable_masks_equal_the_official_chain(out_size):
     torch.manual_seed(0)
     probs = torch.rand(20, 13, 19) ** 3  # stride-8 map of a 104 x 152 padded input, resized image 100 x 150
     expected_values = official_chain(probs, (100, 150), out_size)
-    masks = paste_masks(probs, [2, 4], (100, 150), out_size, 0.5)
+    masks = paste(probs, (100, 150), out_size, 0.5)
     assert masks.shape == (20, *out_size) and masks.dtype == torch.bool
     disagree = masks != (expected_values > 0.5)
     # Only float rounding separates the two: disagreements sit within 1e-5 of the threshold.
@@ -61,7 +67,7 @@ def test_localized_masks_equal_the_official_chain():
     probs[4] *= 0.45  # never above 0.5: an empty mask
     out_size = (211, 300)
     expected = official_chain(probs, (100, 150), out_size) > 0.5
-    masks = paste_masks(probs, [2, 4], (100, 150), out_size, 0.5)
+    masks = paste(probs, (100, 150), out_size, 0.5)
     assert (masks == expected).all()
     assert not masks[4].any()
     assert masks[2, 0, 0] and masks[3, -1, -1]
@@ -70,5 +76,5 @@ def test_localized_masks_equal_the_official_chain():
 
 def test_non_positive_threshold_keeps_every_pixel_reachable():
     probs = torch.zeros(2, 13, 19)
-    assert paste_masks(probs, [2, 4], (100, 150), (50, 60), -0.1).all()
-    assert not paste_masks(probs, [2, 4], (100, 150), (50, 60), 0.0).any()
+    assert paste(probs, (100, 150), (50, 60), -0.1).all()
+    assert not paste(probs, (100, 150), (50, 60), 0.0).any()

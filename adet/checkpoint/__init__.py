@@ -3,6 +3,7 @@ from .detection_checkpoint import (
     DetectionCheckpointer,
     atomic_save,
     atomic_write_text,
+    checkpoint_config,
     read_checkpoint_file,
 )
 from .weight_files import WeightFileError, resolve_weight_path
@@ -13,6 +14,7 @@ __all__ = [
     "WeightFileError",
     "atomic_save",
     "atomic_write_text",
+    "checkpoint_config",
     "read_checkpoint_file",
     "resolve_weight_path",
 ]

@@ -16,10 +16,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from adet.config import CfgNode
+from adet.errors import CheckpointError
+
 from .official_names import convert_official_state_dict
 from .report import compare_state_dicts
 from .weight_files import (
-    WeightFileError,
     check_torchvision_compatible,
     is_torchvision_resnet,
     load_backbone_weights,
@@ -29,10 +31,6 @@ from .weight_files import (
 )
 
 logger = logging.getLogger(__name__)
-
-
-class CheckpointError(WeightFileError):
-    """A checkpoint that cannot be loaded into the model; the message says which file and why."""
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -98,6 +96,20 @@ def read_checkpoint_file(path: str) -> dict[str, Any]:
     if not isinstance(data["model"], dict):
         raise CheckpointError(f"{path}: its 'model' entry is a {type(data['model']).__name__}, not a state dict")
     return data
+
+
+def checkpoint_config(weights: str) -> CfgNode | None:
+    """The config saved in one of our checkpoints (None for official checkpoints and ImageNet weights)."""
+    path = resolve_weight_path(weights)
+    if path.endswith(".pkl"):
+        return None
+    text = read_checkpoint_file(path).get("config")
+    if not isinstance(text, str):
+        return None
+    try:
+        return CfgNode.load_cfg(text)
+    except Exception as e:  # noqa: BLE001 - any YAML or type problem means the saved config is unusable
+        raise CheckpointError(f"{weights}: its saved config cannot be read ({str(e).splitlines()[0]})") from None
 
 
 class DetectionCheckpointer:

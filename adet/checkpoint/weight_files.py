@@ -11,14 +11,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from adet.errors import WeightFileError
+
 from .report import LoadReport, compare_state_dicts
 
 D2_URL_PREFIX = "detectron2://"
 D2_DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/detectron2/"
-
-
-class WeightFileError(RuntimeError):
-    """A weight file that is missing or unreadable; the message says which and what to do."""
 
 
 def resolve_weight_path(path: str) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
@@ -58,6 +57,7 @@ def embedmask_runner(args, dtype: str = "float32"):
 
     from adet.api import load_config
     from adet.engine import DefaultPredictor
+    from adet.modeling.embedmask.embedmask import image_sizes_tensor
 
     overrides = ["MODEL.DEVICE", args.device, "MODEL.INFERENCE_DTYPE", dtype]
     if not args.weights:  # random weights score every location below the default threshold: keep them all
@@ -73,12 +73,11 @@ def embedmask_runner(args, dtype: str = "float32"):
         sync(args.device)
         t1 = time.perf_counter()
         with torch.inference_mode(), autocast(args):
-            detections = model(inputs, do_postprocess=False)
+            images = model.preprocess(inputs)
+            detections = model.detect(images.tensor, image_sizes_tensor(images))
             sync(args.device)
             t2 = time.perf_counter()
-            h, w = inputs[0]["image"].shape[1:]
-            padded = (math.ceil(h / 32) * 32, math.ceil(w / 32) * 32)
-            results = model.postprocess_results(detections, inputs, padded)
+            results = model.postprocess(detections, images, inputs)
             sync(args.device)
         t3 = time.perf_counter()
         return t1 - t0, t2 - t1, t3 - t2, len(results[0]["instances"])
@@ -87,11 +86,8 @@ def embedmask_runner(args, dtype: str = "float32"):
 
 
 def onnx_runner(args):
-    import torch
-
     from adet.export import ONNXPredictor
     from adet.modeling.embedmask.postprocess import postprocess
-    from adet.structures import Boxes, Instances
 
     providers = ["CUDAExecutionProvider"] if args.device.startswith("cuda") else ["CPUExecutionProvider"]
     predictor = ONNXPredictor(args.onnx, providers, threads=args.threads)
@@ -101,10 +97,8 @@ def onnx_runner(args):
         t0 = time.perf_counter()
         padded, size, (height, width) = predictor.preprocess(image)
         t1 = time.perf_counter()
-        boxes, scores, classes, mask_probs = predictor.run(padded, size)
+        detections = predictor.detections(padded, size)
         t2 = time.perf_counter()
-        detections = Instances(size, pred_boxes=Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
-                               pred_classes=torch.from_numpy(classes), mask_probs=torch.from_numpy(mask_probs))
         result = postprocess(detections, height, width, padded.shape[:2], embedmask.MASK_TH,
                              embedmask.MASK_OUT_STRIDE)
         return t1 - t0, t2 - t1, time.perf_counter() - t2, len(result)

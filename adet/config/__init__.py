@@ -1,3 +1,6 @@
-from .config import CfgNode, ConfigError, closest_key, get_cfg
+from adet.errors import ConfigError
 
-__all__ = ["CfgNode", "ConfigError", "closest_key", "get_cfg"]
+from .config import CONFIG_ROOT, CfgNode, closest_key
+from .defaults import get_cfg
+
+__all__ = ["CONFIG_ROOT", "CfgNode", "ConfigError", "closest_key", "get_cfg"]

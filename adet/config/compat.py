@@ -1,7 +1,9 @@
 """Keys a detectron2/AdelaiDet config may carry that this EmbedMask does not read.
 
 A fully resolved official config (an official run's ``config.yaml``) holds every detectron2 and AdelaiDet key, most
-of them for other models. They load here and are dropped, so nothing the model ignores reaches a dumped config:
+of them for other models. They load here and are dropped, so nothing the model ignores reaches a dumped config. The
+keys with a single value EmbedMask can honour (``MODEL.FCOS.LOC_LOSS_TYPE giou``...) are among them: this table is
+the one place that accepts that value and refuses any other. Each key is dropped
 
 - silently, when the key holds a value under which EmbedMask behaves as it does anyway;
 - with a warning naming the key, when it asks for something that would have no effect here;
@@ -16,6 +18,8 @@ import os
 from typing import Any
 
 import yaml
+
+from adet.errors import ConfigError
 
 logger = logging.getLogger("adet.config")
 
@@ -43,7 +47,15 @@ KEYS: dict[str, tuple[Any, str, str]] = {
     "MODEL.RESNETS.DEFORM_MODULATED": (ANY, "warn", ""),
     "MODEL.RESNETS.DEFORM_NUM_GROUPS": (ANY, "warn", ""),
     "MODEL.RESNETS.DEFORM_INTERVAL": ((1,), "error", "deformable convolutions are not supported"),
+    "MODEL.PROPOSAL_GENERATOR.NAME": (("FCOS",), "error", "EmbedMask's proposal generator is FCOS"),
     "MODEL.PROPOSAL_GENERATOR.MIN_SIZE": ((0,), "warn", "FCOS keeps boxes of every size"),
+    "MODEL.FPN.NORM": (("",), "error", "only the FPN without normalisation (the official one) is supported"),
+    "MODEL.FPN.FUSE_TYPE": (("sum",), "error", "only the summing FPN (the official one) is supported"),
+    "MODEL.FCOS.USE_DEFORMABLE": ((False,), "error", "deformable convolutions are not supported"),
+    "MODEL.FCOS.BOX_QUALITY": (("ctrness",), "error", "only the centerness box quality of EmbedMask is supported"),
+    "MODEL.FCOS.LOC_LOSS_TYPE": (("giou",), "error", "only the GIoU box loss of EmbedMask is supported"),
+    "MODEL.FCOS.LOSS_NORMALIZER_CLS": (("fg",), "error", "only the foreground-count normaliser of EmbedMask is "
+                                                         "supported"),
     "MODEL.FCOS.INFERENCE_TH_TRAIN": ((0.05,), "warn", "EmbedMask trains on every positive location, it does not "
                                                        "select training proposals by score"),
     "MODEL.FCOS.PRE_NMS_TOPK_TRAIN": ((1000,), "warn", "EmbedMask does not run NMS during training"),
@@ -62,6 +74,7 @@ KEYS: dict[str, tuple[Any, str, str]] = {
     "DATASETS.PROPOSAL_FILES_TEST": (((), []), "warn", "FCOS computes its own proposals"),
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TRAIN": (ANY, "warn", ""),
     "DATASETS.PRECOMPUTED_PROPOSAL_TOPK_TEST": (ANY, "warn", ""),
+    "DATALOADER.SAMPLER_TRAIN": (("TrainingSampler",), "error", "only detectron2's TrainingSampler is supported"),
     "DATALOADER.REPEAT_THRESHOLD": ((0.0, 0), "error", "the repeat-factor sampler is not supported"),
     "DATALOADER.REPEAT_SQRT": (ANY, "warn", ""),
     "SOLVER.NUM_DECAYS": ((3,), "warn", "only WarmupStepWithFixedGammaLR reads it, which is not supported"),
@@ -104,8 +117,6 @@ def is_known(full_key: str) -> bool:
 
 def drop(full_key: str, value: Any, source: str) -> None:
     """Drop a known key (see :func:`is_known`): silently, with a warning, or raising ConfigError."""
-    from .config import ConfigError
-
     if isinstance(value, dict):
         for key, inner in value.items():
             drop(f"{full_key}.{key}", inner, source)

@@ -11,11 +11,9 @@ from typing import Any, Iterator
 import yaml
 from fvcore.common.config import CfgNode as _FvcoreCfgNode
 
+from adet.errors import ConfigError
+
 from . import compat
-
-
-class ConfigError(ValueError):
-    """A config file or override that cannot be applied. The message is one line naming the source and the key."""
 
 
 def _full_keys(node: CfgNode, prefix: str = "") -> Iterator[str]:
@@ -154,6 +152,9 @@ class CfgNode(_FvcoreCfgNode):
 
 
 BASE_KEY = "_BASE_"
+# The packaged configs (``EmbedMask/MS_R_50_1x.yaml``...), shipped inside the package as detectron2's model zoo ships
+# its own; the source tree's ``configs/`` folder is a link to this folder.
+CONFIG_ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_zoo", "configs")
 
 
 def _base_path(base, filename: str) -> str:
@@ -165,8 +166,6 @@ def _base_path(base, filename: str) -> str:
     path = os.path.join(os.path.dirname(filename), os.path.expanduser(base))
     if os.path.isfile(path):
         return path
-    from adet.model_zoo import CONFIG_ROOT
-
     packaged = os.path.join(CONFIG_ROOT, base)
     if not os.path.isabs(base) and os.path.isfile(packaged):
         return packaged
@@ -184,8 +183,3 @@ def _merge_yaml(source: dict, into: dict, prefix: str, filename: str) -> None:
             into[key] = value
 
 
-def get_cfg() -> CfgNode:
-    """A fresh copy of the default config (every key EmbedMask and the official configs use)."""
-    from .defaults import _C
-
-    return _C.clone()

@@ -1,8 +1,10 @@
-"""Default values of every config key EmbedMask reads.
+"""Default values of every config key EmbedMask reads: ``get_cfg()`` describes the released model.
 
-The values are those of detectron2 plus AdelaiDet (the first author's fork, yinghdb/AdelaiDet), so a YAML file
-written for the official code means the same thing here. Only keys this implementation reads are here (they are what
-a dumped config.yaml holds); the other keys an official config may carry are dropped on loading by ``compat.py``.
+The values are the official ``Base-EmbedMask.yaml`` over detectron2's and AdelaiDet's defaults (the first author's
+fork, yinghdb/AdelaiDet), so ``build_model(get_cfg())`` builds the released R-50 architecture, the official YAML
+files load to the same configs as before, and a YAML file written for the official code means the same thing here.
+Only keys this implementation reads are here (they are what a dumped config.yaml holds); the other keys an official
+config may carry, including those with a single possible value here, are dropped on loading by ``compat.py``.
 """
 
 from .config import CfgNode as CN
@@ -13,7 +15,7 @@ _C = CN()
 # Model
 # ---------------------------------------------------------------------------------------------------------------------
 _C.MODEL = CN()
-_C.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+_C.MODEL.META_ARCHITECTURE = "EmbedMask"
 # "cuda" falls back to "cpu" with a warning when no GPU is visible (see adet.modeling.resolve_device).
 _C.MODEL.DEVICE = "cuda"
 # A path, a "detectron2://..." URL (resolved to a local cache), or "" for random init.
@@ -27,13 +29,13 @@ _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 
 _C.MODEL.BACKBONE = CN()
-_C.MODEL.BACKBONE.NAME = "build_resnet_backbone"
+_C.MODEL.BACKBONE.NAME = "build_fcos_resnet_fpn_backbone"
 # Stages up to this one (1 = stem, 2 = stem + res2) are frozen.
 _C.MODEL.BACKBONE.FREEZE_AT = 2
 
 _C.MODEL.RESNETS = CN()
 _C.MODEL.RESNETS.DEPTH = 50
-_C.MODEL.RESNETS.OUT_FEATURES = ["res4"]
+_C.MODEL.RESNETS.OUT_FEATURES = ["res3", "res4", "res5"]
 _C.MODEL.RESNETS.NUM_GROUPS = 1
 _C.MODEL.RESNETS.NORM = "FrozenBN"
 _C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
@@ -44,13 +46,8 @@ _C.MODEL.RESNETS.RES2_OUT_CHANNELS = 256
 _C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
 
 _C.MODEL.FPN = CN()
-_C.MODEL.FPN.IN_FEATURES = []
+_C.MODEL.FPN.IN_FEATURES = ["res3", "res4", "res5"]
 _C.MODEL.FPN.OUT_CHANNELS = 256
-_C.MODEL.FPN.NORM = ""
-_C.MODEL.FPN.FUSE_TYPE = "sum"
-
-_C.MODEL.PROPOSAL_GENERATOR = CN()
-_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
 
 # FCOS (AdelaiDet defaults)
 _C.MODEL.FCOS = CN()
@@ -65,26 +62,23 @@ _C.MODEL.FCOS.POST_NMS_TOPK_TEST = 100
 _C.MODEL.FCOS.TOP_LEVELS = 2
 _C.MODEL.FCOS.NORM = "GN"
 _C.MODEL.FCOS.USE_SCALE = True
-# Multiply class scores by centerness before the inference threshold (Base-EmbedMask.yaml turns it on).
-_C.MODEL.FCOS.THRESH_WITH_CTR = False
+# Multiply class scores by centerness before the inference threshold (AdelaiDet's default is False).
+_C.MODEL.FCOS.THRESH_WITH_CTR = True
 _C.MODEL.FCOS.LOSS_ALPHA = 0.25
 _C.MODEL.FCOS.LOSS_GAMMA = 2.0
-_C.MODEL.FCOS.LOSS_NORMALIZER_CLS = "fg"
 _C.MODEL.FCOS.LOSS_WEIGHT_CLS = 1.0
 _C.MODEL.FCOS.SIZES_OF_INTEREST = [64, 128, 256, 512]
-_C.MODEL.FCOS.USE_DEFORMABLE = False
 _C.MODEL.FCOS.NUM_CLS_CONVS = 4
 _C.MODEL.FCOS.NUM_BOX_CONVS = 4
 _C.MODEL.FCOS.NUM_SHARE_CONVS = 0
 _C.MODEL.FCOS.CENTER_SAMPLE = True
 _C.MODEL.FCOS.POS_RADIUS = 1.5
-_C.MODEL.FCOS.LOC_LOSS_TYPE = "giou"
-_C.MODEL.FCOS.BOX_QUALITY = "ctrness"
 
 # EmbedMask (yinghdb/AdelaiDet adet/config/defaults.py)
 _C.MODEL.EMBEDMASK = CN()
 _C.MODEL.EMBEDMASK.MASK_OUT_STRIDE = 4
-_C.MODEL.EMBEDMASK.MAX_PROPOSALS = -1
+# Mask-loss proposals: a random MAX_PROPOSALS of the positive locations (-1: all), or TOPK_PROPOSALS_PER_IM per image.
+_C.MODEL.EMBEDMASK.MAX_PROPOSALS = 500
 _C.MODEL.EMBEDMASK.TOPK_PROPOSALS_PER_IM = -1
 _C.MODEL.EMBEDMASK.EMBED_DIM = 16
 _C.MODEL.EMBEDMASK.PRIOR_MARGIN = 2.0
@@ -92,7 +86,8 @@ _C.MODEL.EMBEDMASK.MARGIN_REDUCE_FACTOR = 32.0
 _C.MODEL.EMBEDMASK.MASK_LOSS_TYPE = "Lovasz"
 _C.MODEL.EMBEDMASK.SAMPLE_IN_MASK = False
 _C.MODEL.EMBEDMASK.MASK_LOSS_ALPHA = 1.0
-_C.MODEL.EMBEDMASK.PROPOSAL_HEAD = "Conv3"
+# "Conv1_Conv3" (the released models: a 1x1 conv to 128 channels before the 3x3 heads) or "Conv3".
+_C.MODEL.EMBEDMASK.PROPOSAL_HEAD = "Conv1_Conv3"
 _C.MODEL.EMBEDMASK.MASK_TH = 0.5
 _C.MODEL.EMBEDMASK.MASK_BRANCH = CN()
 _C.MODEL.EMBEDMASK.MASK_BRANCH.OUT_CHANNELS = 128
@@ -100,13 +95,13 @@ _C.MODEL.EMBEDMASK.MASK_BRANCH.IN_FEATURES = ["p3", "p4", "p5"]
 _C.MODEL.EMBEDMASK.MASK_BRANCH.CHANNELS = 128
 _C.MODEL.EMBEDMASK.MASK_BRANCH.NORM = "BN"
 _C.MODEL.EMBEDMASK.MASK_BRANCH.NUM_CONVS = 4
-_C.MODEL.EMBEDMASK.MASK_BRANCH.SEMANTIC_LOSS_ON = False
+_C.MODEL.EMBEDMASK.MASK_BRANCH.SEMANTIC_LOSS_ON = True
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Input and data
 # ---------------------------------------------------------------------------------------------------------------------
 _C.INPUT = CN()
-_C.INPUT.MIN_SIZE_TRAIN = (800,)
+_C.INPUT.MIN_SIZE_TRAIN = (640, 672, 704, 736, 768, 800)
 # "choice": one of MIN_SIZE_TRAIN per image; "range": uniform in [MIN_SIZE_TRAIN[0], MIN_SIZE_TRAIN[1]].
 _C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"
 _C.INPUT.MAX_SIZE_TRAIN = 1333
@@ -117,13 +112,12 @@ _C.INPUT.FORMAT = "BGR"
 _C.INPUT.MASK_FORMAT = "polygon"  # or "bitmask"
 
 _C.DATASETS = CN()
-_C.DATASETS.TRAIN = ()
-_C.DATASETS.TEST = ()
+_C.DATASETS.TRAIN = ("coco_2017_train",)
+_C.DATASETS.TEST = ("coco_2017_val",)
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 4
 _C.DATALOADER.ASPECT_RATIO_GROUPING = True
-_C.DATALOADER.SAMPLER_TRAIN = "TrainingSampler"
 _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -131,8 +125,8 @@ _C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
 # ---------------------------------------------------------------------------------------------------------------------
 _C.SOLVER = CN()
 _C.SOLVER.LR_SCHEDULER_NAME = "WarmupMultiStepLR"
-_C.SOLVER.MAX_ITER = 40000
-_C.SOLVER.BASE_LR = 0.001
+_C.SOLVER.MAX_ITER = 90000
+_C.SOLVER.BASE_LR = 0.01
 _C.SOLVER.BASE_LR_END = 0.0
 _C.SOLVER.MOMENTUM = 0.9
 _C.SOLVER.NESTEROV = False
@@ -143,7 +137,7 @@ _C.SOLVER.WEIGHT_DECAY_NORM = 0.0
 _C.SOLVER.WEIGHT_DECAY_BIAS = None
 _C.SOLVER.BIAS_LR_FACTOR = 1.0
 _C.SOLVER.GAMMA = 0.1
-_C.SOLVER.STEPS = (30000,)
+_C.SOLVER.STEPS = (60000, 80000)
 _C.SOLVER.WARMUP_FACTOR = 1.0 / 1000
 _C.SOLVER.WARMUP_ITERS = 1000
 _C.SOLVER.WARMUP_METHOD = "linear"
@@ -163,7 +157,7 @@ _C.SOLVER.AMP = CN({"ENABLED": False})
 # ---------------------------------------------------------------------------------------------------------------------
 _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
-# Test-time augmentation (adet/modeling/embedmask/tta.py): every MIN_SIZES scale (long side <= MAX_SIZE), each also
+# Test-time augmentation (adet/engine/tta.py): every MIN_SIZES scale (long side <= MAX_SIZE), each also
 # flipped when FLIP; the detections of all of them merged by NMS.
 _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
@@ -182,3 +176,7 @@ _C.CUDNN_BENCHMARK = False
 # torch.set_float32_matmul_precision: "" leaves torch's default, else "highest", "high" (TF32) or "medium".
 _C.FLOAT32_PRECISION = ""
 
+
+def get_cfg() -> CN:
+    """A fresh copy of the default config: every key EmbedMask reads, set as the released models were trained."""
+    return _C.clone()

@@ -1,8 +1,10 @@
+from adet.errors import DatasetError, ImageReadError, ImageSizeError
+
 from . import builtin  # noqa: F401  (registers coco_2017_*)
 from .build import build_detection_test_loader, build_detection_train_loader, get_detection_dataset_dicts
 from .catalog import DatasetCatalog, Metadata, MetadataCatalog
-from .coco import BoxMode, DatasetError, coco_class_names, load_coco_json, register_coco_instances
-from .image_io import ImageReadError, ImageSizeError, read_image
+from .coco import BoxMode, coco_class_names, load_coco_json, register_coco_instances
+from .image_io import read_image
 from .mapper import DatasetMapper
 
 __all__ = [

@@ -77,9 +77,6 @@ class MapDataset(torchdata.Dataset):
 
 def build_detection_train_loader(cfg, seed: int, start_iter: int = 0) -> torchdata.DataLoader:
     """Infinite loader of this process's share of SOLVER.IMS_PER_BATCH, from DATASETS.TRAIN."""
-    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
-        raise ValueError(f"DATALOADER.SAMPLER_TRAIN: only 'TrainingSampler' is supported, got "
-                         f"'{cfg.DATALOADER.SAMPLER_TRAIN}'")
     world_size = get_world_size()
     if cfg.SOLVER.IMS_PER_BATCH % world_size != 0:
         raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the number of "

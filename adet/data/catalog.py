@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+from adet.errors import UnknownDatasetError
+
 
 class Metadata:
     """Attributes describing a dataset: ``thing_classes``, ``thing_dataset_id_to_contiguous_id``, ``json_file``,
@@ -32,13 +34,6 @@ class Metadata:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
-
-
-class UnknownDatasetError(KeyError):
-    """A dataset name that is not registered (a KeyError, as in detectron2; its message is one line)."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class _DatasetCatalog(dict):

@@ -6,8 +6,10 @@ import logging
 import os
 from enum import IntEnum
 
+from adet.errors import DatasetError
+
 from .catalog import DatasetCatalog, MetadataCatalog
-from .validation import DatasetError, load_coco
+from .validation import load_coco
 
 logger = logging.getLogger(__name__)
 

@@ -5,27 +5,19 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-
-class ImageReadError(OSError):
-    """An image file that cannot be decoded or used; the message names the file."""
-
-    def __init__(self, message: str):
-        super().__init__(message)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
+from adet.errors import ConfigError, ImageReadError
 
 
-class ImageSizeError(ImageReadError):
-    """An image whose size differs from the one its annotation file gives."""
+def check_image_format(format: str) -> None:
+    """``INPUT.FORMAT`` is one of the channel orders EmbedMask reads ("BGR" or "RGB")."""
+    if format not in ("BGR", "RGB"):
+        raise ConfigError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got '{format}'")
 
 
 def read_image(path: str, format: str = "BGR") -> np.ndarray:
     """(H, W, 3) uint8 in ``format`` ("BGR" or "RGB"); grayscale and palette images are converted to colour and an
     alpha channel is dropped."""
-    if format not in ("BGR", "RGB"):
-        raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got '{format}'")
+    check_image_format(format)
     try:
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image)

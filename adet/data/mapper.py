@@ -10,11 +10,12 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 
+from adet.errors import ImageSizeError
 from adet.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask, segmentation_to_rle
 
 from .coco import BoxMode
-from .image_io import ImageSizeError, read_image
-from .transforms import HFlipTransform, ResizeShortestEdge, TransformList
+from .image_io import read_image
+from .transforms import HFlipTransform, ResizeForTest, ResizeShortestEdge, TransformList
 
 logger = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class DatasetMapper:
     annotations. Output: ``image`` (3, h, w) uint8 tensor, ``height``/``width`` of the original, ``image_id``,
     ``file_name`` and, in training, ``instances``."""
 
-    def __init__(self, resize: ResizeShortestEdge | None, is_train: bool, image_format: str = "BGR",
+    def __init__(self, resize: ResizeShortestEdge | ResizeForTest | None, is_train: bool, image_format: str = "BGR",
                  horizontal_flip: bool = False, mask_format: str = "polygon", seed: int | None = None):
         self.resize = resize
         self.is_train = is_train
@@ -95,7 +96,7 @@ class DatasetMapper:
         elif cfg.TEST.AUG.ENABLED:
             resize = None  # test-time augmentation resizes the original image itself, once per scale
         else:
-            resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST, "choice")
+            resize = ResizeForTest(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         return cls(resize, is_train, cfg.INPUT.FORMAT, is_train and cfg.INPUT.HFLIP_TRAIN, cfg.INPUT.MASK_FORMAT,
                    seed)
 

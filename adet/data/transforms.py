@@ -128,3 +128,18 @@ class ResizeShortestEdge:
                 np.random.choice(self.short_edge_lengths))
         new_h, new_w = shortest_edge_size(h, w, size, self.max_size)
         return ResizeTransform(h, w, new_h, new_w)
+
+
+class ResizeForTest:
+    """The test-time resize (detectron2's ``ResizeShortestEdge`` with one size): the short side becomes
+    ``short_edge`` unless the long side would exceed ``max_size``. No randomness; the same for every predictor,
+    the test loader and each scale of test-time augmentation."""
+
+    def __init__(self, short_edge: int, max_size: int):
+        self.short_edge = short_edge
+        self.max_size = max_size
+
+    def get_transform(self, image: np.ndarray, rng: np.random.Generator | None = None) -> ResizeTransform:
+        """``rng`` is accepted (and unused) so the dataset mapper may call any resize the same way."""
+        height, width = image.shape[:2]
+        return ResizeTransform(height, width, *shortest_edge_size(height, width, self.short_edge, self.max_size))

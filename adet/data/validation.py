@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pycocotools.mask as mask_util
 
+from adet.errors import DatasetError
 from adet.structures.masks import segmentation_to_rle
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,6 @@ EXAMPLES = 5  # ids kept per kind of problem
 IMAGE_DROPPED = "image dropped"
 ANNOTATION_DROPPED = "annotation dropped"
 REPAIRED = "repaired"
-
-
-class DatasetError(ValueError):
-    """A dataset file or folder that cannot be used; the message is one line naming it."""
 
 
 class ValidationReport:

@@ -11,9 +11,10 @@ import torch
 from adet.data import MetadataCatalog, build_detection_test_loader
 from adet.evaluation import COCOEvaluator, inference_on_dataset
 from adet.evaluation.confusion import confusion_matrix
-from adet.modeling.embedmask.tta import build_tta
 from adet.utils import comm
 from adet.utils.plots import plot_confusion_matrix, plot_per_category_ap, plot_precision_recall
+
+from .tta import build_tta
 
 logger = logging.getLogger(__name__)
 

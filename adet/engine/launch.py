@@ -14,15 +14,12 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from adet.errors import LaunchError
 from adet.utils import comm
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = datetime.timedelta(minutes=30)
-
-
-class LaunchError(RuntimeError):
-    """A launch request that cannot be satisfied (e.g. more GPUs than exist); the message says what to change."""
 
 
 def find_free_port() -> int:

@@ -6,11 +6,27 @@ import numpy as np
 import torch
 
 from adet.checkpoint import DetectionCheckpointer
-from adet.data.image_io import as_color_uint8
-from adet.data.transforms import ResizeShortestEdge
+from adet.data.image_io import as_color_uint8, check_image_format
+from adet.data.transforms import ResizeForTest
 from adet.modeling import build_model, prepare_for_inference
-from adet.modeling.embedmask.tta import build_tta
 from adet.structures import Instances
+
+from .tta import build_tta
+
+
+def prepare_image(image: np.ndarray, input_format: str, resize: ResizeForTest | None) -> np.ndarray:
+    """What every predictor feeds the network: an (h, w, 3) uint8 array in the model's channel order
+    (``input_format``), resized for the test (unless ``resize`` is None), from an (H, W, 3) BGR array (gray and
+    BGRA are accepted too)."""
+    image = np.ascontiguousarray(as_color_uint8(image))
+    if input_format == "RGB":
+        image = image[:, :, ::-1]
+    return resize.get_transform(image).apply_image(image) if resize is not None else image
+
+
+def resize_for_test(cfg) -> ResizeForTest:
+    """The test-time resize of ``cfg`` (INPUT.MIN_SIZE_TEST, INPUT.MAX_SIZE_TEST)."""
+    return ResizeForTest(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
 
 
 class DefaultPredictor:
@@ -23,18 +39,17 @@ class DefaultPredictor:
     """
 
     def __init__(self, cfg):
+        check_image_format(cfg.INPUT.FORMAT)
         self.cfg = cfg.clone()
         self.model = build_model(self.cfg)
         DetectionCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
         prepare_for_inference(self.model)
         self.inference_model = self.model
-        self.aug = ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MIN_SIZE_TEST], cfg.INPUT.MAX_SIZE_TEST)
+        self.aug: ResizeForTest | None = resize_for_test(cfg)
         if cfg.TEST.AUG.ENABLED:
             self.inference_model = build_tta(cfg, self.model)
             self.aug = None  # every pass resizes the original itself
         self.input_format = cfg.INPUT.FORMAT
-        if self.input_format not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR', got '{self.input_format}'")
 
     @property
     def class_names(self) -> list[str] | None:
@@ -47,14 +62,12 @@ class DefaultPredictor:
         return self.model.category_ids
 
     def preprocess(self, image: np.ndarray) -> dict:
-        """The model's input dict for one image: resized (3, h, w) float32 BGR plus the original size."""
-        image = np.ascontiguousarray(as_color_uint8(image))
-        if self.input_format == "RGB":
-            image = image[:, :, ::-1]
+        """The model's input dict for one image: the resized (3, h, w) uint8 image plus the original size."""
+        image = as_color_uint8(image)
         height, width = image.shape[:2]
-        resized = self.aug.get_transform(image).apply_image(image) if self.aug is not None else image
-        tensor = torch.as_tensor(resized.astype("float32").transpose(2, 0, 1))
-        return {"image": tensor, "height": height, "width": width}
+        prepared = prepare_image(image, self.input_format, self.aug)
+        return {"image": torch.from_numpy(np.ascontiguousarray(prepared.transpose(2, 0, 1))), "height": height,
+                "width": width}
 
     def __call__(self, original_image: np.ndarray) -> dict[str, Instances]:
         with torch.inference_mode():

@@ -6,9 +6,7 @@ from __future__ import annotations
 import os
 import tempfile
 
-
-class PreflightError(ValueError):
-    """A command line or config that cannot work; the message names the option or key and what is wrong."""
+from adet.errors import PreflightError
 
 
 def _probe_writable(folder: str) -> str | None:

@@ -21,6 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from adet.checkpoint import DetectionCheckpointer
 from adet.data import MetadataCatalog, build_detection_train_loader
+from adet.errors import TrainingDivergedError
 from adet.modeling import build_model
 from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
 from adet.utils import comm
@@ -31,10 +32,6 @@ from .metrics import MetricsWriter
 from .preflight import check_num_classes, check_resume
 
 logger = logging.getLogger(__name__)
-
-
-class TrainingDivergedError(FloatingPointError):
-    """A loss became NaN or infinite; the message names the iteration and the term."""
 
 
 def shared_seed(cfg_seed: int) -> int:

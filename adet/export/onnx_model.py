@@ -1,11 +1,12 @@
 """EmbedMask as one ONNX graph: the network and its detection decoding, with dynamic image size.
 
-The graph (``EmbedMaskONNX``, outside the model as SAM's ONNX wrapper is) takes the network input and gives the
-detections at network resolution; what comes before and after runs in Python, in the very functions the PyTorch
-predictor uses (``adet/export/predictor.py``):
+The graph (``EmbedMaskONNX``, outside the model as SAM's ONNX wrapper is) is the model's own ``detect``, the one
+inference path eager runs and test-time augmentation also take, on one image; the wrapper only adapts the input
+layout. What comes before and after runs in Python, in the very functions the PyTorch predictor uses
+(``adet/export/predictor.py``):
 
     inputs   image       (H, W, 3) uint8 BGR, resized (shortest side MIN_SIZE_TEST, longest <= MAX_SIZE_TEST) and
-                         padded at the bottom/right to multiples of 32
+                         padded at the bottom/right to multiples of the model's size divisibility (32)
              image_size  (2,) int64, (h, w) of the resized image before padding
     outputs  boxes       (N, 4) float32 XYXY in network-input pixels
              scores      (N,) float32, sqrt(class probability x centerness)
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from adet.layers.coupling import image_mask_probability
-from adet.modeling.fcos.inference import image_candidates, select_detections
+from adet.modeling.embedmask import EmbedMask
+from adet.structures import padded_size
 
 logger = logging.getLogger(__name__)
 
@@ -46,40 +47,20 @@ class EmbedMaskONNX(nn.Module):
     """A trained :class:`adet.modeling.embedmask.EmbedMask` (in eval mode) as a function of one padded uint8
     image; see the module docstring for inputs and outputs."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: EmbedMask):
         super().__init__()
         self.model = model
 
     def forward(self, image: torch.Tensor, image_size: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        model, fcos = self.model, self.model.proposal_generator
-        x = (image.permute(2, 0, 1).float() - model.pixel_mean) / model.pixel_std  # (3, H, W)
-        # The padding is 0 after normalisation, as ImageList.from_tensors pads.
-        height, width = x.shape[-2:]
-        inside = (torch.arange(height, device=x.device)[:, None] < image_size[0]) & (
-            torch.arange(width, device=x.device)[None, :] < image_size[1])
-        x = torch.where(inside, x, torch.zeros((), dtype=x.dtype, device=x.device)).unsqueeze(0)
-        features = model.backbone(x)
-        mask_features, _ = model.mask_branch(features, None)
-        pixel_embeddings = model.pixel_head(mask_features, model.mask_branch.out_stride)  # (1, D, H/8, W/8)
-        levels = [features[f] for f in fcos.in_features]
-        logits, ltrb, ctrness, top_feats = fcos.fcos_head(levels, model.proposal_head)
-        boxes, scores, classes, _, feats, _ = image_candidates(
-            fcos.locations(levels), [t[0] for t in logits], [t[0] for t in ltrb], [t[0] for t in ctrness],
-            [t[0] for t in top_feats], fcos.strides, fcos.score_thresh_test, fcos.pre_nms_topk_test,
-            fcos.thresh_with_ctr)
-        keep = select_detections(boxes, scores, classes, fcos.nms_thresh, fcos.post_nms_topk_test)
-        dim = pixel_embeddings.shape[1]
-        feats = feats[keep]
-        mask_probs = image_mask_probability(pixel_embeddings[0], feats[:, :dim], feats[:, dim:])
-        return boxes[keep], scores[keep], classes[keep], mask_probs.float()
+        found = self.model.detect(image.permute(2, 0, 1)[None], image_size[None])[0]
+        return found.boxes, found.scores, found.classes, found.mask_probs.float()
 
 
-def padded_input(image, size_divisibility: int = 32):
-    """(padded uint8 HWC array, (h, w)): ``image`` (h, w, 3) zero-padded at the bottom/right to multiples of 32."""
+def padded_input(image: np.ndarray, size_divisibility: int) -> tuple[np.ndarray, tuple[int, int]]:
+    """(padded uint8 HWC array, (h, w)): ``image`` (h, w, 3) zero-padded at the bottom/right to multiples of
+    ``size_divisibility``, as the model pads its batches."""
     height, width = image.shape[:2]
-    padded_h = -(-height // size_divisibility) * size_divisibility
-    padded_w = -(-width // size_divisibility) * size_divisibility
-    padded = np.zeros((padded_h, padded_w, 3), dtype=np.uint8)
+    padded = np.zeros((*padded_size(height, width, size_divisibility), 3), dtype=np.uint8)
     padded[:height, :width] = image
     return padded, (height, width)
 
@@ -90,7 +71,7 @@ def export_onnx(model: nn.Module, cfg, path: str, sample: np.ndarray, opset: int
     metadata. Returns {"seconds", "bytes"}."""
     import onnx
 
-    padded, size = padded_input(sample)
+    padded, size = padded_input(sample, model.size_divisibility)
     # Traced on a canvas of at least TRACE_SIZE (the padding beyond the image is masked out by image_size): a
     # feature map of size 1 in the trace (P7 of a small image) would be specialised to 1 in the graph.
     canvas = np.zeros((max(padded.shape[0], TRACE_SIZE), max(padded.shape[1], TRACE_SIZE), 3), dtype=np.uint8)
@@ -100,8 +81,9 @@ def export_onnx(model: nn.Module, cfg, path: str, sample: np.ndarray, opset: int
     wrapper = EmbedMaskONNX(model).eval()
     # Dimensions are multiples of 32: declared so, every feature map's size follows exactly from them. From 160 px
     # every level is at least 2 wide, which the trace assumes; ONNX Runtime runs smaller inputs too (tested).
-    height = torch.export.Dim("height_32", min=5, max=512) * 32
-    width = torch.export.Dim("width_32", min=5, max=512) * 32
+    divisibility = model.size_divisibility
+    height = torch.export.Dim(f"height_{divisibility}", min=5, max=512) * divisibility
+    width = torch.export.Dim(f"width_{divisibility}", min=5, max=512) * divisibility
     start = time.perf_counter()
     logger.info("Exporting to ONNX (opset %d): tracing with a %dx%d input", opset, padded.shape[1], padded.shape[0])
     # The exporter prints its progress and torchvision warns about its own deprecations: neither is ours to show.
@@ -113,7 +95,8 @@ def export_onnx(model: nn.Module, cfg, path: str, sample: np.ndarray, opset: int
                                     optimize=True, verbose=False)
     proto = program.model_proto
     metadata = {"embedmask_config": cfg.dump(), "class_names": json.dumps(getattr(model, "class_names", None)),
-                "category_ids": json.dumps(getattr(model, "category_ids", None))}
+                "category_ids": json.dumps(getattr(model, "category_ids", None)),
+                "size_divisibility": str(divisibility)}
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value

@@ -9,7 +9,8 @@ import torch
 
 from adet.config import CfgNode
 from adet.data.image_io import as_color_uint8
-from adet.data.transforms import ResizeShortestEdge
+from adet.engine.predictor import prepare_image, resize_for_test
+from adet.errors import WeightFileError
 from adet.modeling.embedmask.postprocess import postprocess
 from adet.structures import Boxes, Instances
 
@@ -30,10 +31,8 @@ class ONNXPredictor:
     """
 
     def __init__(self, path: str, providers: list[str] | None = None, threads: int | None = None):
-        from adet.checkpoint import WeightFileError
-
         try:
-            import onnxruntime as ort
+            import onnxruntime as ort  # optional (the export extra): imported when an ONNX model is used
         except ImportError:
             raise WeightFileError("ONNX Runtime is not installed: pip install 'embedmask[export]'") from None
         options = ort.SessionOptions()
@@ -51,17 +50,21 @@ class ONNXPredictor:
         self.cfg = CfgNode.load_cfg(metadata["embedmask_config"])
         self.class_names = json.loads(metadata.get("class_names", "null"))
         self.category_ids = json.loads(metadata.get("category_ids", "null"))
-        self.aug = ResizeShortestEdge([self.cfg.INPUT.MIN_SIZE_TEST] * 2, self.cfg.INPUT.MAX_SIZE_TEST)
+        self.size_divisibility = int(metadata.get("size_divisibility", 32))
+        self.aug = resize_for_test(self.cfg)
         self.input_format = self.cfg.INPUT.FORMAT
 
     def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
         """(padded network input, its unpadded size, the original size) of one image."""
-        image = np.ascontiguousarray(as_color_uint8(image))
-        if self.input_format == "RGB":
-            image = image[:, :, ::-1]
-        resized = self.aug.get_transform(image).apply_image(image)
-        padded, size = padded_input(resized)
+        image = as_color_uint8(image)
+        padded, size = padded_input(prepare_image(image, self.input_format, self.aug), self.size_divisibility)
         return padded, size, image.shape[:2]
+
+    def detections(self, padded: np.ndarray, size: tuple[int, int]) -> Instances:
+        """The graph's detections at network resolution, with ``mask_probs``, as the model's own."""
+        boxes, scores, classes, mask_probs = self.run(padded, size)
+        return Instances(size, pred_boxes=Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
+                         pred_classes=torch.from_numpy(classes), mask_probs=torch.from_numpy(mask_probs))
 
     def run(self, padded: np.ndarray, size: tuple[int, int]) -> list[np.ndarray]:
         """The graph's outputs (boxes, scores, classes, mask_probs) for a padded network input."""
@@ -69,9 +72,6 @@ class ONNXPredictor:
 
     def __call__(self, original_image: np.ndarray) -> dict[str, Instances]:
         padded, size, (height, width) = self.preprocess(original_image)
-        boxes, scores, classes, mask_probs = self.run(padded, size)
-        detections = Instances(size, pred_boxes=Boxes(torch.from_numpy(boxes)), scores=torch.from_numpy(scores),
-                               pred_classes=torch.from_numpy(classes), mask_probs=torch.from_numpy(mask_probs))
         embedmask = self.cfg.MODEL.EMBEDMASK
-        return {"instances": postprocess(detections, height, width, padded.shape[:2], embedmask.MASK_TH,
-                                         embedmask.MASK_OUT_STRIDE)}
+        return {"instances": postprocess(self.detections(padded, size), height, width, padded.shape[:2],
+                                         embedmask.MASK_TH, embedmask.MASK_OUT_STRIDE)}

@@ -3,25 +3,34 @@
     P_k(i) = exp( - sum_d margin[k, d] * (pixel_embedding[image(k), d, i] - proposal_embedding[k, d]) ** 2 )
 
 Every proposal is scored against every pixel of its image's embedding map: no box crop, no fill value. Training and
-inference both call :func:`mask_probability`. On CUDA tensors it runs a fused kernel (forward and backward, no
-(P, D, H, W) intermediate; ``csrc/``, ``coupling_fused.py``), compiled on first use; everywhere else, and whenever the
-kernel cannot be used, the PyTorch reference :func:`mask_probability_reference`, or, when no gradient is needed, its
-matrix-product form :func:`mask_probability_no_grad`. Probabilities are computed in float32 (float64 for
-float64 inputs) whatever the input precision: in half precision exp(-distance) loses the tails that rank masks.
+inference both call these two functions, which choose the implementation: on CUDA tensors the fused kernel (forward
+and backward, no (P, D, H, W) intermediate; ``csrc/``, ``coupling_fused.py``), compiled on first use; everywhere
+else, and whenever the kernel cannot be used, the PyTorch reference (``coupling_reference.py``), or, when no
+gradient is needed, its matrix-product form.
 """
 
 from __future__ import annotations
 
 import torch
 
+from .coupling_fused import fused_mask_probability
+from .coupling_reference import (
+    check_coupling_inputs,
+    image_mask_probability_no_grad,
+    mask_probability_no_grad,
+    mask_probability_reference,
+)
 
-def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
+__all__ = ["image_mask_probability", "mask_probability", "mask_probability_no_grad", "mask_probability_reference"]
 
 
-def mask_probability_reference(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
-                               proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """Dense PyTorch coupling, the reference every faster path is tested against.
+def _needs_grad(*tensors: torch.Tensor) -> bool:
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
+                     proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
+    """(P, H, W) coupling probabilities of proposals over the embedding maps of their images.
 
     Args:
         pixel_embeddings: (N, D, H, W) per-pixel embeddings of N images.
@@ -29,95 +38,23 @@ def mask_probability_reference(pixel_embeddings: torch.Tensor, proposal_embeddin
         proposal_margins: (P, D) positive per-dimension weights (precisions) per proposal.
         image_indices: (P,) int64 index into N of each proposal's image.
 
-    Returns:
-        (P, H, W) probabilities in [0, 1].
-    """
-    dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
-    pixel_embeddings = pixel_embeddings.to(dtype)
-    proposal_embeddings, proposal_margins = proposal_embeddings.to(dtype), proposal_margins.to(dtype)
-    num_proposals, dim = proposal_embeddings.shape
-    pixels = pixel_embeddings.permute(0, 2, 3, 1)  # (N, H, W, D), a view
-    if num_proposals == 0:
-        return _coupling(pixels[image_indices], proposal_embeddings, proposal_margins)
-    # The official op sequence, so float32 results agree to the last bit on CPU, evaluated image by image with the
-    # image's map broadcast over its proposals instead of gathered once per proposal: the gradient of a gather with
-    # repeated indices (index_put_ with accumulate) adds in a thread-dependent order on the CPU, making training
-    # irreproducible; a broadcast's gradient is a fixed reduction.
-    parts, rows_per_image = [], []
-    for image in image_indices.unique().tolist():
-        rows = (image_indices == image).nonzero().squeeze(1)
-        parts.append(_coupling(pixels[image].unsqueeze(0), proposal_embeddings[rows], proposal_margins[rows]))
-        rows_per_image.append(rows)
-    rows = torch.cat(rows_per_image)
-    inverse = torch.empty_like(rows)
-    inverse[rows] = torch.arange(num_proposals, device=rows.device)
-    return torch.cat(parts)[inverse]  # (P, H, W) back in proposal order
-
-
-def _coupling(pixels: torch.Tensor, embeddings: torch.Tensor, margins: torch.Tensor) -> torch.Tensor:
-    """pixels (P or 1, H, W, D), embeddings and margins (P, D) -> (P, H, W)."""
-    dim = embeddings.shape[1]
-    squared_distance = (pixels - embeddings.view(-1, 1, 1, dim)) ** 2
-    return torch.exp(-torch.sum(squared_distance * margins.view(-1, 1, 1, dim), dim=3))
-
-
-def mask_probability_no_grad(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
-                             proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """The same probabilities for inference, without (P, H, W, D) intermediates (:func:`image_mask_probability`
-    per image)."""
-    height, width = pixel_embeddings.shape[-2:]
-    out_dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
-    out = pixel_embeddings.new_empty((len(proposal_embeddings), height, width), dtype=out_dtype)
-    for image in image_indices.unique().tolist():
-        rows = (image_indices == image).nonzero().squeeze(1)
-        out[rows] = image_mask_probability(pixel_embeddings[image], proposal_embeddings[rows], proposal_margins[rows])
-    return out
-
-
-def image_mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
-                           proposal_margins: torch.Tensor) -> torch.Tensor:
-    """(P, H, W) probabilities of P proposals over one image's (D, H, W) embedding map, as three matrix products:
-    sum_d m (e - q)^2 = m . e^2 - 2 (m q) . e + m . q^2, in float64 so the expansion loses nothing to cancellation
-    (equal to the reference up to float32 rounding). Tensor operations only: the exported graph runs it too."""
-    dim, height, width = pixel_embeddings.shape
-    out_dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
-    x = pixel_embeddings.reshape(dim, height * width).double()  # (D, HW)
-    m, q = proposal_margins.double(), proposal_embeddings.double()  # (P, D)
-    distance = m @ (x * x) - 2 * (m * q) @ x + (m * q * q).sum(dim=1, keepdim=True)  # (P, HW)
-    return torch.exp(-distance).reshape(-1, height, width).to(out_dtype)
-
-
-def check_coupling_inputs(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
-                          proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> None:
-    """Raise ValueError naming the argument whose shape or dtype does not fit (values are checked where used)."""
-    if pixel_embeddings.dim() != 4:
-        raise ValueError(f"pixel_embeddings must be (N, D, H, W), got shape {tuple(pixel_embeddings.shape)}")
-    dim = pixel_embeddings.shape[1]
-    for name, t in (("proposal_embeddings", proposal_embeddings), ("proposal_margins", proposal_margins)):
-        if t.dim() != 2 or t.shape[1] != dim:
-            raise ValueError(f"{name} must be (P, {dim}), got shape {tuple(t.shape)}")
-    if proposal_embeddings.shape[0] != proposal_margins.shape[0] or image_indices.shape != (
-            proposal_embeddings.shape[0],):
-        raise ValueError("proposal_embeddings, proposal_margins and image_indices must have the same length P")
-    if image_indices.is_floating_point() or image_indices.is_complex() or image_indices.dtype == torch.bool:
-        raise ValueError(f"image_indices must be an integer tensor, got {image_indices.dtype}")
-
-
-def mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
-                     proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """(P, H, W) coupling probabilities; see :func:`mask_probability_reference` for the arguments.
-
     Differentiable with respect to the three float inputs.
     """
     check_coupling_inputs(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
     if pixel_embeddings.is_cuda and len(proposal_embeddings) > 0:
-        from .coupling_fused import fused_mask_probability
-
         fused = fused_mask_probability(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
         if fused is not None:
             return fused
-    needs_grad = torch.is_grad_enabled() and any(
-        t.requires_grad for t in (pixel_embeddings, proposal_embeddings, proposal_margins))
-    if not needs_grad:
+    if not _needs_grad(pixel_embeddings, proposal_embeddings, proposal_margins):
         return mask_probability_no_grad(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
     return mask_probability_reference(pixel_embeddings, proposal_embeddings, proposal_margins, image_indices)
+
+
+def image_mask_probability(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
+                           proposal_margins: torch.Tensor) -> torch.Tensor:
+    """(P, H, W) probabilities of P proposals over one image's (D, H, W) embedding map: :func:`mask_probability`
+    for one image. Off CUDA and without gradients it is tensor operations only, so an exported graph runs it."""
+    if pixel_embeddings.is_cuda or _needs_grad(pixel_embeddings, proposal_embeddings, proposal_margins):
+        image_indices = torch.zeros(len(proposal_embeddings), dtype=torch.long, device=pixel_embeddings.device)
+        return mask_probability(pixel_embeddings[None], proposal_embeddings, proposal_margins, image_indices)
+    return image_mask_probability_no_grad(pixel_embeddings, proposal_embeddings, proposal_margins)

@@ -12,6 +12,7 @@ Two builds of the same kernel code (``csrc/coupling_kernels.h``):
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import warnings
@@ -19,7 +20,7 @@ from types import ModuleType
 
 import torch
 
-from .coupling import check_coupling_inputs, compute_dtype, mask_probability_reference
+from .coupling_reference import check_coupling_inputs, compute_dtype, mask_probability_reference
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,7 @@ _failed: set[str] = set()
 
 
 def _compile(name: str, sources: list[str], verbose: bool) -> ModuleType:
+    # Imported on first build only: it loads setuptools, which inference and training never need.
     import torch.utils.cpp_extension as cpp_extension
 
     try:
@@ -50,7 +52,8 @@ def load_cuda_extension(verbose: bool = False) -> ModuleType:
     """The compiled CUDA module (``forward``, ``backward``). Raises if it cannot be built."""
     if "cuda" not in _modules:
         try:
-            from adet import _coupling_cuda as module  # built at install time
+            # Present only when built at install time (EMBEDMASK_BUILD_CUDA=1).
+            module = importlib.import_module("adet._coupling_cuda")
         except ImportError:
             _fix_cuda_home()
             module = _compile("embedmask_coupling_cuda", ["coupling.cpp", "coupling_kernel.cu"], verbose)
@@ -68,7 +71,7 @@ def load_emulator(verbose: bool = False) -> ModuleType:
 def _fix_cuda_home() -> None:
     """torch guesses CUDA_HOME as the parent of the nvcc on PATH; when that holds no CUDA runtime library (nvcc in
     /usr/local/bin), fall back to /usr/local/cuda."""
-    import torch.utils.cpp_extension as cpp_extension
+    import torch.utils.cpp_extension as cpp_extension  # as in _compile: only when building
 
     home = cpp_extension.CUDA_HOME
     has_runtime = home and any(os.path.exists(os.path.join(home, lib, "libcudart.so")) for lib in ("lib64", "lib"))

@@ -9,7 +9,8 @@ from __future__ import annotations
 import difflib
 import os
 
-CONFIG_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+from adet.config import CONFIG_ROOT, CfgNode, get_cfg
+from adet.errors import ConfigError
 
 
 def list_configs() -> list[str]:
@@ -22,8 +23,6 @@ def list_configs() -> list[str]:
 
 def get_config_file(name: str) -> str:
     """The file of a config given as a path or a packaged name; ConfigError naming the closest one if neither."""
-    from adet.config import ConfigError
-
     if os.path.isfile(name):
         return name
     packaged = name.replace("\\", "/")
@@ -41,10 +40,8 @@ def get_config_file(name: str) -> str:
     raise ConfigError(f"--config-file {name}: no such file, and not a packaged config{suggestion}")
 
 
-def get_config(name: str):
+def get_config(name: str) -> CfgNode:
     """A fresh config with the named packaged config (or config file) merged in."""
-    from adet.config import get_cfg
-
     cfg = get_cfg()
     cfg.merge_from_file(get_config_file(name))
     return cfg

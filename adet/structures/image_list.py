@@ -35,11 +35,8 @@ class ImageList:
         if not tensors:
             raise ValueError("ImageList.from_tensors needs at least one image")
         image_sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
-        max_h = max(h for h, _ in image_sizes)
-        max_w = max(w for _, w in image_sizes)
-        if size_divisibility > 1:
-            max_h = (max_h + size_divisibility - 1) // size_divisibility * size_divisibility
-            max_w = (max_w + size_divisibility - 1) // size_divisibility * size_divisibility
+        max_h, max_w = padded_size(max(h for h, _ in image_sizes), max(w for _, w in image_sizes),
+                                   size_divisibility)
         if len(tensors) == 1:
             h, w = image_sizes[0]
             batched = F.pad(tensors[0], (0, max_w - w, 0, max_h - h), value=pad_value).unsqueeze(0)
@@ -48,3 +45,10 @@ class ImageList:
             for padded, image in zip(batched, tensors):
                 padded[..., : image.shape[-2], : image.shape[-1]].copy_(image)
         return ImageList(batched.contiguous(), image_sizes)
+
+
+def padded_size(height: int, width: int, size_divisibility: int) -> tuple[int, int]:
+    """(height, width) rounded up to multiples of ``size_divisibility`` (unchanged when it is 0 or 1)."""
+    if size_divisibility <= 1:
+        return height, width
+    return (-(-height // size_divisibility) * size_divisibility, -(-width // size_divisibility) * size_divisibility)

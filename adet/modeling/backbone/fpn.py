@@ -75,10 +75,6 @@ class FPN(nn.Module):
 def build_fcos_resnet_fpn_backbone(cfg) -> FPN:
     """ResNet + FPN + P6/P7, from ``MODEL.RESNETS``, ``MODEL.FPN`` and ``MODEL.FCOS.TOP_LEVELS``."""
     resnets = cfg.MODEL.RESNETS
-    if cfg.MODEL.FPN.NORM != "":
-        raise ValueError(f"MODEL.FPN.NORM: only '' (no norm) is supported, got '{cfg.MODEL.FPN.NORM}'")
-    if cfg.MODEL.FPN.FUSE_TYPE != "sum":
-        raise ValueError(f"MODEL.FPN.FUSE_TYPE: only 'sum' is supported, got '{cfg.MODEL.FPN.FUSE_TYPE}'")
     if cfg.MODEL.FCOS.TOP_LEVELS not in (0, 2):
         raise ValueError(f"MODEL.FCOS.TOP_LEVELS must be 0 or 2, got {cfg.MODEL.FCOS.TOP_LEVELS}")
     in_features = list(cfg.MODEL.FPN.IN_FEATURES)
@@ -101,5 +97,6 @@ def build_fcos_resnet_fpn_backbone(cfg) -> FPN:
         raise ValueError(f"MODEL.FPN.IN_FEATURES {missing} are not in MODEL.RESNETS.OUT_FEATURES "
                          f"{bottom_up.out_features}")
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
-    top_block = LastLevelP6P7(out_channels, out_channels) if cfg.MODEL.FCOS.TOP_LEVELS == 2 else None
-    return FPN(bottom_up, in_features, out_channels, top_block)
+    top_block = LastLevelP6P7(in_channels=out_channels, out_channels=out_channels) \
+        if cfg.MODEL.FCOS.TOP_LEVELS == 2 else None
+    return FPN(bottom_up=bottom_up, in_features=in_features, out_channels=out_channels, top_block=top_block)

@@ -40,15 +40,16 @@ class EmbedHead(nn.Module):
 
 
 class ProposalHead(nn.Module):
-    """FCOS box-tower features of level l -> (N, 2D, H_l, W_l): [embedding (D), margin (D)] per location.
+    """FCOS box-tower features of level l (N, C, H_l, W_l) -> embeddings (N, D, H_l, W_l) and margins
+    (N, D, H_l, W_l), one of each per location.
 
     Margins are exp(conv(features / margin_reduce_factor)), strictly positive per-dimension precisions; the two
     spatial ones are scaled per level before the exp. ``variant`` "Conv1_Conv3" (the released models) puts a 1x1
-    256->128 conv before the 3x3 heads of both branches; "Conv3" applies the 3x3 heads directly.
+    conv to ``head_channels`` before the 3x3 heads of both branches; "Conv3" applies the 3x3 heads directly.
     """
 
     def __init__(self, in_channels: int, strides: list[int], embed_dim: int = 16, prior_margin: float = 2.0,
-                 margin_reduce_factor: float = 32.0, variant: str = "Conv1_Conv3"):
+                 margin_reduce_factor: float = 32.0, variant: str = "Conv1_Conv3", head_channels: int = 128):
         super().__init__()
         if variant not in ("Conv1_Conv3", "Conv3"):
             raise ValueError(f"MODEL.EMBEDMASK.PROPOSAL_HEAD must be 'Conv1_Conv3' or 'Conv3', got '{variant}'")
@@ -57,17 +58,18 @@ class ProposalHead(nn.Module):
         self.variant = variant
         # A margin m gives probability 0.5 at squared distance ln2 / m: start every margin at distance prior_margin.
         margin_bias = math.log(-math.log(0.5) / prior_margin**2)
-        head_channels = 128 if variant == "Conv1_Conv3" else in_channels
-        if variant == "Conv1_Conv3":
-            self.margin_conv = _normal_conv(in_channels, 128, 1)
+        if variant == "Conv3":
+            head_channels = in_channels
+        else:
+            self.margin_conv = _normal_conv(in_channels, head_channels, 1)
         self.spatial_margin_head = _normal_conv(head_channels, 2, 3, margin_bias)
         self.free_margin_head = _normal_conv(head_channels, embed_dim - 2, 3, margin_bias)
-        self.margin_scales = nn.ModuleList([Scale(1.0) for _ in range(5)])
+        self.margin_scales = nn.ModuleList([Scale(1.0) for _ in self.strides])
         if variant == "Conv1_Conv3":
-            self.embed_conv = _normal_conv(in_channels, 128, 1)
+            self.embed_conv = _normal_conv(in_channels, head_channels, 1)
         self.embed_head = EmbedHead(head_channels, embed_dim)
 
-    def forward(self, box_tower: torch.Tensor, level: int) -> torch.Tensor:
+    def forward(self, box_tower: torch.Tensor, level: int) -> tuple[torch.Tensor, torch.Tensor]:
         margin_features = box_tower / self.margin_reduce_factor
         embed_features = box_tower
         if self.variant == "Conv1_Conv3":
@@ -76,4 +78,4 @@ class ProposalHead(nn.Module):
         spatial_margin = torch.exp(self.margin_scales[level](self.spatial_margin_head(margin_features)))
         free_margin = torch.exp(self.free_margin_head(margin_features))
         embeddings = self.embed_head(embed_features, self.strides[level])
-        return torch.cat([embeddings, spatial_margin, free_margin], dim=1)
+        return embeddings, torch.cat([spatial_margin, free_margin], dim=1)

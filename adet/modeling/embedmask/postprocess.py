@@ -30,10 +30,34 @@ def resize_operator(size: int, factors: list[int], crop: int, out_size: int, dev
     return basis[:, 0, :, 0].t().contiguous()
 
 
-def reach(inputs_above: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:
-    """(K, n) inputs above the threshold, (out, n) operator -> (K, 2) first and last output index they reach
+def mask_operators(mask_size: tuple[int, int], padded_size: tuple[int, int], resized_size: tuple[int, int],
+                   output_size: tuple[int, int], mask_out_stride: int, device: torch.device
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows (out_h, h), cols (out_w, w)): the whole chain from (h, w) coupling probabilities of a padded network
+    input to the output image, pasted = rows @ probabilities @ cols.T."""
+    factors = mask_factors(mask_size, padded_size, mask_out_stride)
+    rows = resize_operator(mask_size[0], factors, resized_size[0], output_size[0], device)
+    cols = resize_operator(mask_size[1], factors, resized_size[1], output_size[1], device)
+    return rows, cols
+
+
+def mask_reach(probabilities: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, threshold: float
+               ) -> list[tuple[int, int, int, int]]:
+    """Per mask of (P, h, w) ``probabilities``, the output rectangle (y0, y1, x0, x1), inclusive, that its inputs
+    above the threshold (1e-6 below it, for rounding) reach through the operators; y0 > y1 when none does.
+
+    Each output pixel is a convex combination of the inputs in its support, so it can pass a positive threshold only
+    inside that rectangle."""
+    above = probabilities > threshold - 1e-6
+    y_ranges = _reach(above.any(2), rows).tolist()
+    x_ranges = _reach(above.any(1), cols).tolist()
+    return [(y0, y1, x0, x1) for (y0, y1), (x0, x1) in zip(y_ranges, x_ranges)]
+
+
+def _reach(inputs_above: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:
+    """(P, n) inputs above the threshold, (out, n) operator -> (P, 2) first and last output index they reach
     (first > last when none)."""
-    touched = (inputs_above.float() @ (operator != 0).float().t()) > 0  # (K, out)
+    touched = (inputs_above.float() @ (operator != 0).float().t()) > 0  # (P, out)
     out = touched.shape[1]
     first = touched.float().argmax(1)
     last = out - 1 - touched.flip(1).float().argmax(1)
@@ -41,31 +65,34 @@ def reach(inputs_above: torch.Tensor, operator: torch.Tensor) -> torch.Tensor:
     return torch.stack([first.masked_fill(none, out), last.masked_fill(none, -1)], 1)
 
 
-def paste_masks(probabilities: torch.Tensor, factors: list[int], crop_size: tuple[int, int],
-                output_size: tuple[int, int], threshold: float) -> torch.Tensor:
-    """(K, h, w) probabilities -> (K, out_h, out_w) bool masks through the chain described above.
+def paste_region(members: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], region: tuple[int, int, int, int]
+                 ) -> torch.Tensor:
+    """The mean of pasted (h, w) probability maps over an output rectangle: ``members`` are (probabilities, rows,
+    cols) (one for a detection, several for test-time augmentation's voting); ``region`` (y0, y1, x0, x1)
+    inclusive. Returns (y1 - y0 + 1, x1 - x0 + 1) float."""
+    y0, y1, x0, x1 = region
+    total = 0
+    for probabilities, rows, cols in members:
+        total = total + rows[y0:y1 + 1] @ probabilities @ cols[x0:x1 + 1].t()
+    return total / len(members)
 
-    Each output pixel is a convex combination of the inputs in its support, so it can pass a positive threshold only
-    if one of those inputs does: each mask is computed only over the output rectangle that its inputs above the
-    threshold reach (1e-6 below it, for rounding), and is False elsewhere. Objects cover a small part of the image,
-    so this skips most of the work.
-    """
-    num, height, width = probabilities.shape
-    out_h, out_w = output_size
-    masks = torch.zeros((num, out_h, out_w), dtype=torch.bool, device=probabilities.device)
+
+def paste_masks(probabilities: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, threshold: float
+                ) -> torch.Tensor:
+    """(P, h, w) probabilities -> (P, out_h, out_w) bool masks through the operators of :func:`mask_operators`.
+
+    Each mask is computed only over the output rectangle it can reach (:func:`mask_reach`) and is False elsewhere:
+    objects cover a small part of the image, so this skips most of the work."""
+    num = probabilities.shape[0]
+    masks = torch.zeros((num, rows.shape[0], cols.shape[0]), dtype=torch.bool, device=probabilities.device)
     if num == 0:
         return masks
-    rows = resize_operator(height, factors, crop_size[0], out_h, probabilities.device)  # (out_h, h)
-    cols = resize_operator(width, factors, crop_size[1], out_w, probabilities.device)  # (out_w, w)
     probabilities = probabilities.float()
     if threshold <= 0:  # any output pixel may pass
         return torch.matmul(rows, torch.matmul(probabilities, cols.t())) > threshold
-    above = probabilities > threshold - 1e-6
-    row_ranges = reach(above.any(2), rows).tolist()
-    col_ranges = reach(above.any(1), cols).tolist()
-    for index, ((y0, y1), (x0, x1)) in enumerate(zip(row_ranges, col_ranges)):
+    for index, (y0, y1, x0, x1) in enumerate(mask_reach(probabilities, rows, cols, threshold)):
         if y0 <= y1 and x0 <= x1:
-            region = rows[y0:y1 + 1] @ probabilities[index] @ cols[x0:x1 + 1].t()
+            region = paste_region([(probabilities[index], rows, cols)], (y0, y1, x0, x1))
             masks[index, y0:y1 + 1, x0:x1 + 1] = region > threshold
     return masks
 
@@ -76,27 +103,29 @@ def postprocess(results: Instances, output_height: int, output_width: int, padde
 
     Args:
         results: Instances whose ``image_size`` is the resized, unpadded network input (h, w), with
-            ``pred_boxes`` and optionally ``mask_probs`` (K, H_pad/s, W_pad/s) coupling probabilities.
+            ``pred_boxes`` and optionally ``mask_probs`` (P, H_pad/s, W_pad/s) coupling probabilities.
         padded_size: (H_pad, W_pad) of the padded network input.
         mask_out_stride: MODEL.EMBEDMASK.MASK_OUT_STRIDE, the stride of the first upsampling.
 
     Returns:
         new Instances of size (output_height, output_width); detections whose box becomes empty are dropped;
-        ``pred_masks`` (K, output_height, output_width) bool when probabilities were given.
+        ``pred_masks`` (P, output_height, output_width) bool replaces ``mask_probs`` when probabilities were given.
     """
     resized_h, resized_w = results.image_size
     scale_x, scale_y = output_width / resized_w, output_height / resized_h
-    results = Instances((output_height, output_width), **results.get_fields())
+    fields = results.get_fields()
+    probabilities = fields.pop("mask_probs", None)
+    results = Instances((output_height, output_width), **fields)
     boxes = results.pred_boxes
     boxes.scale(scale_x, scale_y)
     boxes.clip(results.image_size)
-    results = results[boxes.nonempty()]
-
-    if results.has("mask_probs"):
-        probabilities = results.mask_probs
-        factors = mask_factors(probabilities.shape[-2:], padded_size, mask_out_stride)
-        results.pred_masks = paste_masks(probabilities, factors, (resized_h, resized_w),
-                                         (output_height, output_width), mask_threshold)
+    keep = boxes.nonempty()
+    results = results[keep]
+    if probabilities is not None:
+        probabilities = probabilities[keep]
+        rows, cols = mask_operators(probabilities.shape[-2:], padded_size, (resized_h, resized_w),
+                                    (output_height, output_width), mask_out_stride, probabilities.device)
+        results.pred_masks = paste_masks(probabilities, rows, cols, mask_threshold)
     return results
 
 

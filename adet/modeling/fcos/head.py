@@ -1,19 +1,29 @@
 """The FCOS head: per FPN level, a classification tower and a box tower shared across levels.
 
-For EmbedMask the box tower output of each level also feeds the proposal head (the "top module"), which turns it
-into one proposal embedding and margin per location.
+For EmbedMask the box tower of each level also feeds the proposal head (``adet/modeling/embedmask/heads.py``), which
+turns it into one proposal embedding and margin per location: the head hands its box towers over for that.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adet.layers import Scale
+
+
+@dataclass
+class FCOSHeadOutputs:
+    """Per FPN level l (lists indexed by level), with N images, K classes and C channels."""
+
+    class_logits: list[torch.Tensor]  # (N, K, H_l, W_l)
+    ltrb_strides: list[torch.Tensor]  # (N, 4, H_l, W_l) left/top/right/bottom distances in strides (>= 0)
+    ctrness_logits: list[torch.Tensor]  # (N, 1, H_l, W_l)
+    box_towers: list[torch.Tensor]  # (N, C, H_l, W_l) the box tower's features, the proposal head's input
 
 
 def _tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
@@ -29,7 +39,10 @@ def _tower(num_convs: int, channels: int, norm: str) -> nn.Sequential:
 
 
 class FCOSHead(nn.Module):
-    """Towers and predictors. Checkpoint names follow AdelaiDet (``cls_tower.0``, ``bbox_pred``, ``scales.0``)."""
+    """Towers and predictors. Checkpoint names follow AdelaiDet (``cls_tower.0``, ``bbox_pred``, ``scales.0``).
+
+    ``num_share_convs`` convs shared by both branches come first (AdelaiDet's ``share_tower``; 0 in EmbedMask).
+    """
 
     def __init__(self, in_channels: int, num_classes: int, num_levels: int, num_cls_convs: int = 4,
                  num_box_convs: int = 4, num_share_convs: int = 0, norm: str = "GN", use_scale: bool = True,
@@ -53,22 +66,18 @@ class FCOSHead(nn.Module):
         # Focal-loss prior: every location starts as background with probability 1 - prior_prob.
         nn.init.constant_(self.cls_logits.bias, -math.log((1 - prior_prob) / prior_prob))
 
-    def forward(self, features: list[torch.Tensor], top_module: Callable[[torch.Tensor, int], torch.Tensor] | None
-                ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
-        """Per level l: class logits (N, K, H_l, W_l), ltrb distances in strides (N, 4, H_l, W_l) (ReLU'd, not yet
-        multiplied by the stride), centerness logits (N, 1, H_l, W_l), and ``top_module(bbox_tower, l)``."""
-        logits, ltrb, ctrness, top_feats = [], [], [], []
+    def forward(self, features: list[torch.Tensor]) -> FCOSHeadOutputs:
+        """``features``: per level (N, C, H_l, W_l)."""
+        outputs = FCOSHeadOutputs([], [], [], [])
         for level, feature in enumerate(features):
             feature = self.share_tower(feature)
-            cls_tower = self.cls_tower(feature)
-            bbox_tower = self.bbox_tower(feature)
-            logits.append(self.cls_logits(cls_tower))
-            ctrness.append(self.ctrness(bbox_tower))
-            reg = self.bbox_pred(bbox_tower)
+            box_tower = self.bbox_tower(feature)
+            outputs.class_logits.append(self.cls_logits(self.cls_tower(feature)))
+            outputs.ctrness_logits.append(self.ctrness(box_tower))
+            regression = self.bbox_pred(box_tower)
             if self.scales is not None:
-                reg = self.scales[level](reg)
+                regression = self.scales[level](regression)
             # ReLU instead of exp, as in the improved FCOS.
-            ltrb.append(F.relu(reg))
-            if top_module is not None:
-                top_feats.append(top_module(bbox_tower, level))
-        return logits, ltrb, ctrness, top_feats
+            outputs.ltrb_strides.append(F.relu(regression))
+            outputs.box_towers.append(box_tower)
+        return outputs

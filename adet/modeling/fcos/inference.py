@@ -7,28 +7,50 @@ semantics (spec section 4.4); only the order of equally scored candidates may di
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torchvision.ops import nms
 
 from adet.structures import Boxes, Instances
 
 
-def level_candidates(locations: torch.Tensor, logits: torch.Tensor, ltrb: torch.Tensor, ctrness: torch.Tensor,
-                     top_feats: torch.Tensor | None, score_thresh: float, pre_nms_topk: int, thresh_with_ctr: bool
-                     ) -> tuple[torch.Tensor, ...]:
+@dataclass
+class Detections:
+    """The P detections of one image, by decreasing score, in network-input pixels (before any rescaling)."""
+
+    boxes: torch.Tensor  # (P, 4) XYXY
+    scores: torch.Tensor  # (P,) sqrt(class probability x centerness)
+    classes: torch.Tensor  # (P,) int64 contiguous class ids
+    locations: torch.Tensor  # (P, 2) x, y of the cell that predicted each
+    levels: torch.Tensor  # (P,) int64 its FPN level
+    location_index: torch.Tensor  # (P,) its row among the image's locations, levels concatenated
+    mask_probs: torch.Tensor | None = None  # (P, H_pad/8, W_pad/8) coupling probabilities, set by EmbedMask
+
+    def to_instances(self, image_size: tuple[int, int]) -> Instances:
+        """detectron2's Instances with ``pred_boxes``, ``scores``, ``pred_classes``, ``locations``, ``fpn_levels``
+        (and ``mask_probs``), for an image of ``image_size`` (h, w)."""
+        fields = {"pred_boxes": Boxes(self.boxes), "scores": self.scores, "pred_classes": self.classes,
+                  "locations": self.locations, "fpn_levels": self.levels}
+        if self.mask_probs is not None:
+            fields["mask_probs"] = self.mask_probs
+        return Instances(image_size, **fields)
+
+
+def level_candidates(locations: torch.Tensor, logits: torch.Tensor, ltrb_px: torch.Tensor, ctrness: torch.Tensor,
+                     score_thresh: float, pre_nms_topk: int, thresh_with_ctr: bool) -> tuple[torch.Tensor, ...]:
     """Candidates of one FPN level of one image: every (location, class) above the threshold, at most
     ``pre_nms_topk`` of them (the best).
 
     Args:
         locations: (H*W, 2) cell centres in input pixels.
         logits: (K, H, W) class logits.
-        ltrb: (4, H, W) left/top/right/bottom distances in input pixels.
+        ltrb_px: (4, H, W) left/top/right/bottom distances in input pixels.
         ctrness: (1, H, W) centerness logits.
-        top_feats: (C, H, W) per-location proposal features, or None.
 
     Returns:
-        boxes (n, 4) XYXY, scores (n,) = sqrt(cls * ctr), classes (n,), locations (n, 2), top_feats (n, C) or None;
-        in location-major order (then class), as the official code's nonzero() gives them.
+        boxes (n, 4) XYXY, scores (n,) = sqrt(cls * ctr), classes (n,), locations (n, 2), location_index (n,) (the
+        row in ``locations``); in location-major order (then class), as the official code's nonzero() gives them.
     """
     num_classes = logits.shape[0]
     class_probs = logits.permute(1, 2, 0).reshape(-1, num_classes).sigmoid()  # (HW, K)
@@ -45,12 +67,11 @@ def level_candidates(locations: torch.Tensor, logits: torch.Tensor, ltrb: torch.
     top_scores, top_index = masked.topk(torch.sym_min(pre_nms_topk, flat.shape[0]))
     chosen = top_index[top_scores >= 0].sort().values  # (n,) back in location-major order
     location_index, classes = chosen // num_classes, chosen % num_classes
-    ltrb = ltrb.reshape(4, -1)[:, location_index]  # (4, n)
+    ltrb = ltrb_px.reshape(4, -1)[:, location_index]  # (4, n)
     points = locations[location_index]  # (n, 2)
     boxes = torch.stack([points[:, 0] - ltrb[0], points[:, 1] - ltrb[1], points[:, 0] + ltrb[2],
                          points[:, 1] + ltrb[3]], dim=1)
-    feats = top_feats.reshape(top_feats.shape[0], -1)[:, location_index].t() if top_feats is not None else None
-    return boxes, torch.sqrt(flat[chosen]), classes, points, feats
+    return boxes, torch.sqrt(flat[chosen]), classes, points, location_index
 
 
 def class_aware_nms(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, threshold: float
@@ -80,40 +101,17 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, classes: torch.
     return keep
 
 
-def image_candidates(locations: list[torch.Tensor], logits: list[torch.Tensor], ltrb: list[torch.Tensor],
-                     ctrness: list[torch.Tensor], top_feats: list[torch.Tensor] | None, strides: list[int],
-                     score_thresh: float, pre_nms_topk: int, thresh_with_ctr: bool) -> tuple[torch.Tensor, ...]:
-    """The candidates of every level of one image (inputs per level, without the batch dimension), concatenated,
-    with each one's level: boxes, scores, classes, locations, top_feats (or None), levels."""
-    parts = []
+def detect_image(locations: list[torch.Tensor], logits: list[torch.Tensor], ltrb_strides: list[torch.Tensor],
+                 ctrness: list[torch.Tensor], strides: list[int], score_thresh: float, pre_nms_topk: int,
+                 post_nms_topk: int, nms_thresh: float, thresh_with_ctr: bool) -> Detections:
+    """The detections of one image from its head outputs per level (no batch dimension: logits (K, H_l, W_l),
+    ltrb_strides (4, H_l, W_l), ctrness (1, H_l, W_l)) and the levels' locations (H_l * W_l, 2)."""
+    parts, first_row = [], 0
     for level, stride in enumerate(strides):
-        candidates = level_candidates(locations[level], logits[level], ltrb[level] * stride, ctrness[level],
-                                      top_feats[level] if top_feats else None, score_thresh, pre_nms_topk,
-                                      thresh_with_ctr)
-        parts.append((*candidates, torch.full_like(candidates[2], level)))
-    merged = [torch.cat(list(column)) if column[0] is not None else None for column in zip(*parts)]
-    return tuple(merged)
-
-
-def predict_detections(locations: list[torch.Tensor], logits: list[torch.Tensor], ltrb: list[torch.Tensor],
-                       ctrness: list[torch.Tensor], top_feats: list[torch.Tensor], strides: list[int],
-                       image_sizes: list[tuple[int, int]], score_thresh: float, pre_nms_topk: int,
-                       post_nms_topk: int, nms_thresh: float, thresh_with_ctr: bool) -> list[Instances]:
-    """Detections of every image (lists indexed by level, tensors batched; ``ltrb`` in strides) as Instances with
-    ``pred_boxes``, ``scores``, ``pred_classes``, ``locations``, ``fpn_levels`` and ``top_feat``."""
-    results = []
-    for i, image_size in enumerate(image_sizes):
-        boxes, scores, classes, points, feats, levels = image_candidates(
-            locations, [x[i] for x in logits], [x[i] for x in ltrb], [x[i] for x in ctrness],
-            [x[i] for x in top_feats] if top_feats else None, strides, score_thresh, pre_nms_topk, thresh_with_ctr)
-        keep = select_detections(boxes, scores, classes, nms_thresh, post_nms_topk)
-        result = Instances(image_size)
-        result.pred_boxes = Boxes(boxes[keep])
-        result.scores = scores[keep]
-        result.pred_classes = classes[keep]
-        result.locations = points[keep]
-        result.fpn_levels = levels[keep]
-        if feats is not None:
-            result.top_feat = feats[keep]
-        results.append(result)
-    return results
+        *candidates, location_index = level_candidates(locations[level], logits[level], ltrb_strides[level] * stride,
+                                                       ctrness[level], score_thresh, pre_nms_topk, thresh_with_ctr)
+        parts.append((*candidates, torch.full_like(candidates[2], level), location_index + first_row))
+        first_row += locations[level].shape[0]
+    boxes, scores, classes, points, levels, rows = (torch.cat(list(column)) for column in zip(*parts))
+    keep = select_detections(boxes, scores, classes, nms_thresh, post_nms_topk)
+    return Detections(boxes[keep], scores[keep], classes[keep], points[keep], levels[keep], rows[keep])

@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from torchvision.ops import sigmoid_focal_loss
 
-from adet.structures import Instances
 from adet.utils.comm import reduce_mean
+
+from .targets import LocationTargets
 
 
 def centerness_targets(ltrb: torch.Tensor) -> torch.Tensor:
@@ -45,34 +46,30 @@ def giou_ltrb(pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, t
     return ious, gious
 
 
-def fcos_losses(targets: dict[str, torch.Tensor], predictions: dict[str, torch.Tensor], focal_alpha: float,
-                focal_gamma: float, loss_weight_cls: float) -> tuple[Instances, dict[str, torch.Tensor]]:
-    """Losses over all locations (rows of :func:`~adet.modeling.fcos.targets.compute_targets`).
+def fcos_losses(class_logits: torch.Tensor, ltrb_strides: torch.Tensor, ctrness_logits: torch.Tensor,
+                targets: LocationTargets, strides: torch.Tensor, focal_alpha: float, focal_gamma: float
+                ) -> dict[str, torch.Tensor]:
+    """``loss_fcos_cls``, ``loss_fcos_loc`` and ``loss_fcos_ctr`` (unweighted) over all R locations of a batch.
 
-    Returns the positive locations as Instances (targets and predictions as fields, incl. ``gt_inds``,
-    ``im_inds``, ``top_feats``) for the mask head, and ``loss_fcos_cls``, ``loss_fcos_loc``, ``loss_fcos_ctr``.
+    Args:
+        class_logits: (R, K); ltrb_strides: (R, 4) predicted distances in strides; ctrness_logits: (R,).
+        targets: what each location must predict (rows in the same order).
+        strides: (L,) float, the stride of each FPN level.
     """
-    logits = predictions["logits_pred"]  # (R, K)
-    num_classes = logits.shape[1]
-    labels = targets["labels"]
-    positive = torch.nonzero(labels != num_classes).squeeze(1)
+    num_classes = class_logits.shape[1]
+    positive = torch.nonzero(targets.labels != num_classes).squeeze(1)  # (P,)
     num_pos_avg = max(reduce_mean(torch.ones_like(positive).sum()).item(), 1.0)
 
-    class_targets = torch.zeros_like(logits)
-    class_targets[positive, labels[positive]] = 1
-    loss_cls = sigmoid_focal_loss(logits, class_targets, alpha=focal_alpha, gamma=focal_gamma, reduction="sum")
-    losses = {"loss_fcos_cls": loss_cls / num_pos_avg * loss_weight_cls}
+    class_targets = torch.zeros_like(class_logits)
+    class_targets[positive, targets.labels[positive]] = 1
+    loss_cls = sigmoid_focal_loss(class_logits, class_targets, alpha=focal_alpha, gamma=focal_gamma,
+                                  reduction="sum") / num_pos_avg
 
-    positives = Instances((0, 0))
-    for name, value in {**targets, **predictions}.items():
-        positives.set(name, value[positive])
-    positives.pos_inds = positive
-
-    _, gious = giou_ltrb(positives.reg_pred, positives.reg_targets)
-    ctr_targets = centerness_targets(positives.reg_targets)
-    positives.gt_ctrs = ctr_targets
+    # The official code regresses in units of each level's stride.
+    target_ltrb = targets.ltrb_px[positive] / strides[targets.level[positive]][:, None]  # (P, 4)
+    _, gious = giou_ltrb(ltrb_strides[positive], target_ltrb)
+    ctr_targets = centerness_targets(target_ltrb)
     loss_denorm = max(reduce_mean(ctr_targets.sum()).item(), 1e-6)
-    losses["loss_fcos_loc"] = ((1 - gious) * ctr_targets).sum() / loss_denorm
-    losses["loss_fcos_ctr"] = F.binary_cross_entropy_with_logits(positives.ctrness_pred, ctr_targets,
-                                                                 reduction="sum") / num_pos_avg
-    return positives, losses
+    loss_loc = ((1 - gious) * ctr_targets).sum() / loss_denorm
+    loss_ctr = F.binary_cross_entropy_with_logits(ctrness_logits[positive], ctr_targets, reduction="sum") / num_pos_avg
+    return {"loss_fcos_cls": loss_cls, "loss_fcos_loc": loss_loc, "loss_fcos_ctr": loss_ctr}

@@ -7,6 +7,8 @@ such GTs the one with the smallest box area wins.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from adet.structures import Instances
@@ -95,46 +97,44 @@ def targets_for_image(locations: torch.Tensor, size_ranges: torch.Tensor, gt: In
     return labels, ltrb, gt_index
 
 
+@dataclass
+class LocationTargets:
+    """What each of the R locations of a batch must predict, rows in the order of :func:`flatten_level_first`
+    (level -> image -> row -> column)."""
+
+    labels: torch.Tensor  # (R,) int64 class, or K (the class count) for background
+    ltrb_px: torch.Tensor  # (R, 4) distances to the matched GT box's sides, in input pixels
+    gt_index: torch.Tensor  # (R,) int64 index into the batch's GTs concatenated image by image (-1: none)
+    image_index: torch.Tensor  # (R,) int64 the image of each location
+    level: torch.Tensor  # (R,) int64 the FPN level of each location
+
+
 def compute_targets(locations: list[torch.Tensor], gt_instances: list[Instances], strides: list[int],
                     size_ranges: list[list[float]], num_classes: int, center_sample: bool = True,
-                    radius: float = 1.5, sample_in_mask: bool = False) -> dict[str, torch.Tensor]:
-    """Targets of a batch, flattened level-major (level -> image -> row -> column), the order of
-    :func:`flatten_level_first`.
-
-    Returns (R_total,) ``labels``, ``gt_inds`` (index into the batch's concatenated GTs), ``im_inds``,
-    ``fpn_levels``, and (R_total, 4) ``reg_targets`` (ltrb in strides), (R_total, 2) ``locations``.
-    """
+                    radius: float = 1.5, sample_in_mask: bool = False) -> LocationTargets:
+    """Targets of a batch. ``locations``: per level (H_l * W_l, 2) cell centres; ``size_ranges``: per level the
+    inclusive [min, max] of max(l, t, r, b) its positives may have."""
     per_level = [len(loc) for loc in locations]
     all_locations = torch.cat(locations, dim=0)
     ranges = torch.cat([all_locations.new_tensor(r)[None].expand(n, -1) for r, n in zip(size_ranges, per_level)])
-    fields: dict[str, list[list[torch.Tensor]]] = {k: [] for k in ("labels", "reg_targets", "gt_inds", "im_inds",
-                                                                   "locations")}
+    fields: dict[str, list[tuple[torch.Tensor, ...]]] = {k: [] for k in ("labels", "ltrb_px", "gt_index",
+                                                                        "image_index")}
     gt_offset = 0
     for image_index, gt in enumerate(gt_instances):
         labels, ltrb, gt_index = targets_for_image(all_locations, ranges, gt, num_classes, strides, per_level,
                                                    center_sample, radius, sample_in_mask)
-        per_image = {
-            "labels": labels, "reg_targets": ltrb, "gt_inds": gt_index + gt_offset, "locations": all_locations,
-            "im_inds": torch.full((len(all_locations),), image_index, dtype=torch.long, device=all_locations.device),
-        }
+        per_image = {"labels": labels, "ltrb_px": ltrb, "gt_index": gt_index + gt_offset,
+                     "image_index": torch.full_like(labels, image_index)}
         gt_offset += len(gt)
         for key, value in per_image.items():
             fields[key].append(torch.split(value, per_level, dim=0))
-    targets = {key: [torch.cat(level, dim=0) for level in zip(*splits)] for key, splits in fields.items()}
-    targets["reg_targets"] = [t / float(s) for t, s in zip(targets["reg_targets"], strides)]
-    targets["fpn_levels"] = [torch.full((len(t),), level, dtype=torch.long, device=t.device)
-                             for level, t in enumerate(targets["labels"])]
-    return {key: torch.cat(levels, dim=0) for key, levels in targets.items()}
+    # (image, level) splits -> level-major rows
+    flat = {key: torch.cat([torch.cat(level, dim=0) for level in zip(*splits)]) for key, splits in fields.items()}
+    levels = torch.cat([torch.full((n * len(gt_instances),), level, dtype=torch.long, device=all_locations.device)
+                        for level, n in enumerate(per_level)])
+    return LocationTargets(**flat, level=levels)
 
 
-def flatten_level_first(logits: list[torch.Tensor], ltrb: list[torch.Tensor], ctrness: list[torch.Tensor],
-                        top_feats: list[torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Head outputs per level (N, C, H_l, W_l) -> (R_total, C) rows in the order of :func:`compute_targets`."""
-
-    def flatten(per_level: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) for x in per_level], dim=0)
-
-    predictions = {"logits_pred": flatten(logits), "reg_pred": flatten(ltrb), "ctrness_pred": flatten(ctrness)[:, 0]}
-    if top_feats:
-        predictions["top_feats"] = flatten(top_feats)
-    return predictions
+def flatten_level_first(per_level: list[torch.Tensor]) -> torch.Tensor:
+    """Head outputs per level (N, C, H_l, W_l) -> (R, C) rows in the order of :func:`compute_targets`."""
+    return torch.cat([x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) for x in per_level], dim=0)
