@@ -17,57 +17,24 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
-from adet.checkpoint import CheckpointError, read_checkpoint_file, resolve_weight_path
-from adet.config import CfgNode, get_cfg
+from adet.cli.options import resolve_config
+from adet.config import CfgNode
+from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, read_image
+from adet.engine import DefaultPredictor
+from adet.evaluation import instances_to_coco_json
+from adet.export import ONNXPredictor
 from adet.structures import Instances
-
-DEFAULT_CONFIG = "EmbedMask/MS_R_50_1x.yaml"
+from adet.utils.visualizer import class_label, draw_instance_predictions
 
 
 def load_config(weights: str = "", config: str | None = None, overrides: Sequence[Any] = (),
                 device: str | None = None) -> CfgNode:
     """The config for ``weights``: ``config`` (a file or packaged name) if given, else the one the checkpoint
-    carries, else the official R-50 config; then ``overrides`` (KEY VALUE ...). ``weights`` becomes MODEL.WEIGHTS
-    when given (otherwise the overrides' or the config's). ``device`` None: CUDA when available, else the CPU."""
-    import torch
-
-    from adet.model_zoo import get_config_file
-
-    overrides = list(overrides)
-    if not weights and "MODEL.WEIGHTS" in overrides[0::2]:
-        weights = str(overrides[overrides[0::2].index("MODEL.WEIGHTS") * 2 + 1])
-    cfg = get_cfg()
-    if config:
-        cfg.merge_from_file(get_config_file(config))
-    else:
-        embedded = checkpoint_config(weights) if weights else None
-        if embedded is not None:
-            cfg.merge_from_other_cfg(embedded)
-        else:
-            cfg.merge_from_file(get_config_file(DEFAULT_CONFIG))
-    cfg.merge_from_list(overrides)
-    if weights:
-        cfg.MODEL.WEIGHTS = weights
-    if device is not None:
-        cfg.MODEL.DEVICE = device
-    elif "MODEL.DEVICE" not in overrides[0::2]:
-        cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    return cfg
-
-
-def checkpoint_config(weights: str) -> CfgNode | None:
-    """The config saved in one of our checkpoints (None for official checkpoints and ImageNet weights)."""
-    path = resolve_weight_path(weights)
-    if path.endswith(".pkl"):
-        return None
-    text = read_checkpoint_file(path).get("config")
-    if not isinstance(text, str):
-        return None
-    try:
-        return CfgNode.load_cfg(text)
-    except Exception as e:  # noqa: BLE001 - any YAML or type problem means the saved config is unusable
-        raise CheckpointError(f"{weights}: its saved config cannot be read ({str(e).splitlines()[0]})") from None
+    carries, else the released model's (:func:`adet.config.get_cfg`); then ``overrides`` (KEY VALUE ..., the last
+    of a key wins). ``weights`` becomes MODEL.WEIGHTS when given (otherwise the overrides' or the config's).
+    ``device`` None: CUDA when available, else the CPU (unless an override sets MODEL.DEVICE)."""
+    return resolve_config(config or "", weights, overrides, device or "auto")
 
 
 class Prediction:
@@ -101,8 +68,6 @@ class Prediction:
 
     @property
     def class_names(self) -> list[str]:
-        from adet.utils.visualizer import class_label
-
         return [class_label(int(c), self._all_names) for c in self.class_ids]
 
     @property
@@ -120,8 +85,6 @@ class Prediction:
     def to_json(self, image_id: int | str | None = None) -> list[dict]:
         """COCO results: ``image_id``, ``category_id`` (dataset id), ``bbox`` XYWH, ``score``, ``segmentation`` RLE;
         plus ``category_name``. ``image_id`` None: the numeric stem of the source file, else its name."""
-        from adet.evaluation import instances_to_coco_json
-
         if image_id is None:
             image_id = image_id_from_name(self.source) if self.source else 0
         results = instances_to_coco_json(self.instances, image_id)
@@ -132,8 +95,6 @@ class Prediction:
 
     def draw(self) -> np.ndarray:
         """The image (BGR uint8, as cv2 uses) with masks, boxes and "name score%" labels drawn."""
-        from adet.utils.visualizer import draw_instance_predictions
-
         return draw_instance_predictions(self.image, self.instances, self._all_names)
 
     def save(self, path: str) -> str:
@@ -154,8 +115,6 @@ class Predictor:
     """
 
     def __init__(self, cfg_or_backend, min_score: float = 0.0):
-        from adet.engine import DefaultPredictor
-
         self.predictor = DefaultPredictor(cfg_or_backend) if isinstance(cfg_or_backend, CfgNode) else cfg_or_backend
         self.cfg = cfg = self.predictor.cfg
         self.min_score = min_score
@@ -186,8 +145,6 @@ def load(weights: str, config: str | None = None, device: str | None = None, con
     ``confidence``: keep detections whose score is at least this (default: the config's 0.05 on class x centerness,
     i.e. scores from 0.22)."""
     if str(weights).endswith(".onnx"):
-        from adet.export import ONNXPredictor
-
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return Predictor(ONNXPredictor(str(weights), providers), min_score=confidence or 0.0)
     overrides = list(overrides)
@@ -225,8 +182,6 @@ def image_id_from_name(path: str) -> int | str:
 
 
 def _dataset_metadata(cfg: CfgNode, key: str):
-    from adet.data import MetadataCatalog
-
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         value = MetadataCatalog.get(name).get(key)
         if value is not None:

@@ -31,9 +31,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from adet.config import get_cfg
-    from adet.engine.defaults import setup_logger
     from adet.engine.evaluate import evaluate_datasets
     from adet.engine.trainer import build_training, run_training
+    from adet.utils.logger import setup_logger
     from adet.utils.plots import read_metrics
 
     cfg = get_cfg()

@@ -4,8 +4,9 @@ import os
 
 import torch
 
+from adet.cli.options import register_datasets_from_args
 from adet.config import get_cfg
-from adet.engine.defaults import default_setup, register_datasets_from_args
+from adet.engine.defaults import default_setup
 from adet.engine.trainer import build_training, run_training
 from adet.utils import comm
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from adet.cli import main as embedmask
-from adet.engine.defaults import run_cli
+from adet.cli.errors import run_cli
 from adet.modeling import build_model
 
 from .conftest import make_tiny_cfg, shapes_image

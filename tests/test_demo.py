@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import torch
 
-from adet.engine.defaults import run_cli
+from adet.cli.errors import run_cli
 from adet.modeling import build_model
 
 from .conftest import load_tool, make_tiny_cfg, shapes_image

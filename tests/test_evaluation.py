@@ -15,8 +15,8 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from adet.cli.errors import run_cli
 from adet.engine import DefaultPredictor
-from adet.engine.defaults import run_cli
 from adet.modeling import build_model
 
 from .conftest import ROOT, load_tool, make_tiny_cfg, shapes_image

@@ -126,3 +126,84 @@ def test_cuda_device_falls_back_to_cpu_without_gpu():
         pytest.skip("a GPU is present")
     cfg = make_tiny_cfg("MODEL.DEVICE", "cuda")
     assert build_model(cfg).device.type == "cpu"
+
+
+@pytest.mark.parametrize("variant,head_channels", [("Conv3", 16), ("Conv1_Conv3", 32)])
+def test_proposal_head_variants_start_at_the_prior_margin(variant, head_channels):
+    """With zero weights the head's outputs are its biases: each margin m makes the coupling 0.5 at squared
+    distance PRIOR_MARGIN ** 2 (exp(-m * 2 ** 2) = 0.5), and the spatial embeddings are the cell centres / 100."""
+    from adet.modeling.embedmask import ProposalHead
+
+    head = ProposalHead(in_channels=16, strides=[8, 16], embed_dim=4, prior_margin=2.0, variant=variant,
+                        head_channels=32)
+    names = {n.split(".")[0] for n, _ in head.named_parameters()}
+    assert ("margin_conv" in names and "embed_conv" in names) == (variant == "Conv1_Conv3")
+    assert head.embed_head.free_embed_head.in_channels == head_channels
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name.endswith("weight") and "scale" not in name:
+                p.zero_()
+    embeddings, margins = head(torch.randn(1, 16, 3, 5), level=1)
+    assert embeddings.shape == margins.shape == (1, 4, 3, 5)
+    assert torch.allclose(torch.exp(-margins * 2.0**2), torch.full_like(margins, 0.5))
+    # Level 1 is stride 16: cell (row 2, column 4) is centred at x = 4 * 16 + 8, y = 2 * 16 + 8.
+    assert torch.allclose(embeddings[0, :2, 2, 4], torch.tensor([72.0, 40.0]) / 100)
+    assert (embeddings[0, 2:] == 0).all()
+    assert len(head.margin_scales) == 2  # one per level
+
+
+def test_shared_convs_run_before_both_towers():
+    """NUM_SHARE_CONVS > 0: the head equals a head without shared convs applied to the shared tower's output."""
+    from adet.modeling.fcos import FCOSHead
+
+    torch.manual_seed(0)
+    shared = FCOSHead(in_channels=32, num_classes=3, num_levels=2, num_cls_convs=1, num_box_convs=1,
+                      num_share_convs=1)
+    plain = FCOSHead(in_channels=32, num_classes=3, num_levels=2, num_cls_convs=1, num_box_convs=1)
+    assert sorted(k for k in shared.state_dict() if k.startswith("share_tower.")) == [
+        "share_tower.0.bias", "share_tower.0.weight", "share_tower.1.bias", "share_tower.1.weight"]
+    for p in shared.parameters():
+        p.data.normal_(0, 0.1, generator=torch.Generator().manual_seed(p.numel()))
+    plain.load_state_dict({k: v for k, v in shared.state_dict().items() if not k.startswith("share_tower.")})
+    features = [torch.randn(2, 32, 6, 8), torch.randn(2, 32, 3, 4)]
+    with torch.no_grad():
+        expected = plain([shared.share_tower(f) for f in features])
+        actual = shared(features)
+    for field in ("class_logits", "ltrb_strides", "ctrness_logits", "box_towers"):
+        for a, b in zip(getattr(actual, field), getattr(expected, field)):
+            assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("overrides", [
+    ("MODEL.EMBEDMASK.MAX_PROPOSALS", -1, "MODEL.EMBEDMASK.TOPK_PROPOSALS_PER_IM", 4),
+    ("MODEL.EMBEDMASK.SAMPLE_IN_MASK", True),
+    ("MODEL.EMBEDMASK.PROPOSAL_HEAD", "Conv3"),
+    ("MODEL.FCOS.CENTER_SAMPLE", False),
+    ("MODEL.FCOS.NUM_SHARE_CONVS", 1),
+    ("MODEL.EMBEDMASK.MASK_LOSS_TYPE", "Dice"),
+])
+def test_every_option_trains(overrides):
+    """Each option gives finite losses, a mask loss from real positives, and a gradient to every parameter."""
+    cfg = make_tiny_cfg(*overrides)
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    losses = model(_training_inputs() * 2)
+    assert all(torch.isfinite(v) for v in losses.values()) and losses["loss_mask"] > 0
+    sum(losses.values()).backward()
+    assert [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_loss_weights_scale_their_terms_only(tiny_cfg):
+    torch.manual_seed(0)
+    plain = build_model(tiny_cfg).train()
+    tiny_cfg.merge_from_list(["MODEL.FCOS.LOSS_WEIGHT_CLS", 2.0, "MODEL.EMBEDMASK.MASK_LOSS_ALPHA", 0.5])
+    torch.manual_seed(0)
+    weighted = build_model(tiny_cfg).train()
+    torch.manual_seed(1)
+    expected = plain(_training_inputs())
+    torch.manual_seed(1)
+    actual = weighted(_training_inputs())
+    assert list(actual) == ["loss_sem", "loss_fcos_cls", "loss_fcos_loc", "loss_fcos_ctr", "loss_mask"]
+    factors = {"loss_fcos_cls": 2.0, "loss_mask": 0.5}
+    for term, value in actual.items():
+        assert torch.allclose(value, expected[term] * factors.get(term, 1.0))

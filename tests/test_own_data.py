@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from adet.engine.defaults import run_cli
+from adet.cli.errors import run_cli
 from adet.modeling import build_model
 
 from .conftest import load_tool, make_tiny_cfg

@@ -10,8 +10,8 @@ import time
 import pytest
 import torch
 
+from adet.cli.errors import run_cli
 from adet.data.synthetic import write_split
-from adet.engine.defaults import run_cli
 
 from .conftest import ROOT, load_tool, make_tiny_cfg
 
@@ -100,7 +100,7 @@ def _run(args, **kwargs):
 
 
 def test_initial_weights_follow_the_seed_not_the_callers_rng(tiny_data, tmp_path):
-    from adet.engine.defaults import register_datasets_from_args
+    from adet.cli.options import register_datasets_from_args
     from adet.engine.trainer import build_training
 
     register_datasets_from_args([tiny_data["dataset"]])

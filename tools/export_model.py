@@ -10,8 +10,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's adet
 
+from adet.cli.errors import run_cli  # noqa: E402
 from adet.cli.export import main  # noqa: E402
-from adet.engine.defaults import run_cli  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(run_cli(main))

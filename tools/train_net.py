@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout's adet
 
+from adet.cli.errors import run_cli  # noqa: E402
 from adet.cli.train import main  # noqa: E402
-from adet.engine.defaults import run_cli  # noqa: E402
 
 cli = main  # what scripts importing this file call
 

@@ -5,6 +5,7 @@ from .detection_checkpoint import (
     atomic_write_text,
     checkpoint_config,
     read_checkpoint_file,
+    resume_checkpoint,
 )
 from .weight_files import WeightFileError, resolve_weight_path
 
@@ -16,5 +17,6 @@ __all__ = [
     "atomic_write_text",
     "checkpoint_config",
     "read_checkpoint_file",
+    "resume_checkpoint",
     "resolve_weight_path",
 ]

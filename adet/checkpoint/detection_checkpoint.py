@@ -112,6 +112,37 @@ def checkpoint_config(weights: str) -> CfgNode | None:
         raise CheckpointError(f"{weights}: its saved config cannot be read ({str(e).splitlines()[0]})") from None
 
 
+def resume_checkpoint(output_dir: str) -> str | None:
+    """The checkpoint ``--resume`` will continue from: the one ``last_checkpoint`` names, which must exist, be
+    readable and hold the training state; None when nothing was ever saved in ``output_dir`` (a fresh start)."""
+    marker = os.path.join(output_dir, "last_checkpoint")
+    saved = sorted(f for f in os.listdir(output_dir) if f.startswith("model_") and f.endswith(".pth")) if \
+        os.path.isdir(output_dir) else []
+    if not os.path.exists(marker):
+        if saved:
+            raise CheckpointError(f"--resume: {output_dir} holds {', '.join(saved[-3:])} but no last_checkpoint "
+                                 "naming the one to continue from; write its file name into "
+                                 f"{marker}, or start afresh in another OUTPUT_DIR")
+        return None
+    try:
+        with open(marker, encoding="utf-8") as f:
+            name = f.read().strip()
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"--resume: {marker} cannot be read ({e})") from None
+    if not name or "\n" in name or os.sep in name or not name.endswith(".pth"):
+        raise CheckpointError(f"--resume: {marker} should hold the file name of a checkpoint in {output_dir} "
+                             f"(e.g. model_0004999.pth), it holds {name[:60]!r}")
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"--resume: {marker} names {name}, which does not exist in {output_dir}")
+    data = read_checkpoint_file(path)
+    missing = [k for k in ("iteration", "optimizer", "scheduler") if k not in data]
+    if missing:
+        raise CheckpointError(f"--resume: {path} holds weights only (no {', '.join(missing)}); resume from a "
+                             "periodic checkpoint (write its name into last_checkpoint)")
+    return path
+
+
 class DetectionCheckpointer:
     """Loads official and own checkpoints into a model; saves checkpoints (with optional extra objects, e.g.
     ``optimizer=...``, whose ``state_dict()`` is stored and restored) into ``save_dir``."""

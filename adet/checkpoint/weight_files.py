@@ -116,10 +116,8 @@ def torchvision_to_detectron2(state_dict: dict[str, torch.Tensor]) -> dict[str, 
 
 def check_torchvision_compatible(model: nn.Module, source: str) -> None:
     """torchvision bottlenecks stride in the 3x3 conv; a model built with STRIDE_IN_1X1 would silently differ."""
-    from adet.modeling.backbone.resnet import BottleneckBlock
-
-    first_block = model.backbone.bottom_up.res3[0]
-    if isinstance(first_block, BottleneckBlock) and first_block.conv1.stride == (2, 2):
+    first_conv = model.backbone.bottom_up.res3[0].conv1
+    if first_conv.kernel_size == (1, 1) and first_conv.stride == (2, 2):  # a bottleneck striding in its 1x1
         raise WeightFileError(f"{source} is a torchvision ResNet, which strides in the 3x3 conv: set "
                               "MODEL.RESNETS.STRIDE_IN_1X1 False (and MODEL.PIXEL_STD to [57.375, 57.12, 58.395])")
 

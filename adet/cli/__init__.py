@@ -15,7 +15,13 @@ import difflib
 import importlib
 import sys
 
-# command -> (module, function, one-line help)
+from adet.model_zoo import list_configs as packaged_configs
+from adet.version import __version__
+
+from .errors import run_cli
+
+# command -> (module, function, one-line help). A command's module is imported when it runs: each brings its own
+# dependencies (ONNX, matplotlib...), which the others need not load.
 COMMANDS = {
     "train": ("adet.cli.train", "main", "train a model (tools/train_net.py)"),
     "eval": ("adet.cli.train", "eval_main", "evaluate weights on DATASETS.TEST with the COCO protocol"),
@@ -38,16 +44,11 @@ def usage() -> str:
 
 
 def list_configs(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from adet.model_zoo import list_configs as packaged
-
-    for name in packaged():
+    for name in packaged_configs():
         print(name)
 
 
 def main(argv: list[str] | None = None) -> int:
-    from adet import __version__
-    from adet.engine.defaults import run_cli
-
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(usage())

@@ -12,17 +12,21 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
-from adet.engine.defaults import ArgumentParser
+from adet.errors import ConfigError
+from adet.modeling import build_model
+from adet.utils.logger import setup_logger
+
+from .options import ArgumentParser, add_config_arguments, resolve_config
 
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description="Parameters and FLOPs per module of an EmbedMask config")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a config file or packaged name")
+    add_config_arguments(parser, weights=False, required=True)
     parser.add_argument("--input-size", default="800x1216", metavar="HxW",
                         help="network input size (padded to a multiple of 32); default 800x1216")
     parser.add_argument("--depth", type=int, default=2, help="module depth of the table (1: model parts)")
-    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
     return parser
 
 
@@ -39,8 +43,6 @@ def parameter_counts(model: nn.Module, depth: int) -> dict[str, tuple[int, int]]
 
 def flop_counts(model: nn.Module, height: int, width: int) -> dict[str, int]:
     """{module path: FLOPs} of one inference pass on a (height, width) image ("" is the whole model)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     counter = FlopCounterMode(display=False, depth=None)
     image = torch.randint(0, 256, (3, height, width), generator=torch.Generator().manual_seed(0)).float()
     model.eval()
@@ -80,14 +82,9 @@ def format_table(params: dict[str, tuple[int, int]], flops: dict[str, int], size
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> str:
-    from adet.config import ConfigError
-    from adet.engine.defaults import setup_cfg, setup_logger
-    from adet.modeling import build_model
-
     args = build_parser(prog).parse_args(argv)
     setup_logger()
-    args.dataset = []
-    cfg = setup_cfg(args, freeze=False)
+    cfg = resolve_config(args.config_file, "", args.opts)
     cfg.MODEL.DEVICE = "cpu" if not torch.cuda.is_available() else cfg.MODEL.DEVICE
     try:
         height, width = (int(v) for v in args.input_size.lower().split("x"))

@@ -22,12 +22,21 @@ import subprocess
 import sys
 import time
 
+import cv2
+import torch
+import torchvision
+
+from adet.api import load_config
+from adet.engine import DefaultPredictor
+from adet.errors import PreflightError
+from adet.export import ONNXPredictor
+from adet.modeling.embedmask.embedmask import image_sizes_tensor
+from adet.modeling.embedmask.postprocess import postprocess
+
 DEFAULT_CONFIG = "EmbedMask/MS_R_50_1x.yaml"
 
 
 def load_images(folder: str, input_size: str = "") -> list:
-    import cv2
-
     names = sorted(f for f in os.listdir(folder) if f.lower().endswith((".jpg", ".jpeg", ".png")))
     images = [cv2.imread(os.path.join(folder, n), cv2.IMREAD_COLOR) for n in names]
     if input_size:
@@ -38,27 +47,17 @@ def load_images(folder: str, input_size: str = "") -> list:
 
 
 def sync(device: str) -> None:
-    import torch
-
     if device.startswith("cuda"):
         torch.cuda.synchronize()
 
 
 def autocast(args):
     """float16 autocast for --precision fp16 (the coupling and mask pasting stay in float32 inside the model)."""
-    import torch
-
     device_type = "cuda" if args.device.startswith("cuda") else "cpu"
     return torch.autocast(device_type, dtype=torch.float16, enabled=args.precision == "fp16")
 
 
 def embedmask_runner(args, dtype: str = "float32"):
-    import torch
-
-    from adet.api import load_config
-    from adet.engine import DefaultPredictor
-    from adet.modeling.embedmask.embedmask import image_sizes_tensor
-
     overrides = ["MODEL.DEVICE", args.device, "MODEL.INFERENCE_DTYPE", dtype]
     if not args.weights:  # random weights score every location below the default threshold: keep them all
         overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", 0.0]
@@ -86,9 +85,6 @@ def embedmask_runner(args, dtype: str = "float32"):
 
 
 def onnx_runner(args):
-    from adet.export import ONNXPredictor
-    from adet.modeling.embedmask.postprocess import postprocess
-
     providers = ["CUDAExecutionProvider"] if args.device.startswith("cuda") else ["CPUExecutionProvider"]
     predictor = ONNXPredictor(args.onnx, providers, threads=args.threads)
     embedmask = predictor.cfg.MODEL.EMBEDMASK
@@ -107,9 +103,6 @@ def onnx_runner(args):
 
 
 def maskrcnn_runner(args):
-    import torch
-    import torchvision
-
     torch.manual_seed(0)
     model = torchvision.models.detection.maskrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, box_score_thresh=0.0, box_detections_per_img=100).eval().to(args.device)
@@ -137,8 +130,6 @@ def maskrcnn_runner(args):
 
 def worker(args) -> None:
     """Time one model; print one JSON line."""
-    import torch
-
     torch.set_num_threads(args.threads)
     images = load_images(args.images, args.input_size)
     runners = {"embedmask": embedmask_runner, "maskrcnn": maskrcnn_runner, "onnx": onnx_runner,
@@ -211,16 +202,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
     if args.worker:
         worker(args)
         return []
-    from adet.engine.preflight import PreflightError
-
     if not os.path.isdir(args.images):
         raise PreflightError(f"--images {args.images}: no such folder")
     try:
         rows = compare(args)
     except RuntimeError as e:
         raise PreflightError(f"benchmark: {e}") from None
-    import torch
-
     size = f" resized to {args.input_size}" if args.input_size else ""
     print(f"device: {args.device}, {args.precision}, threads: {args.threads}, torch {torch.__version__}, "
           f"images: {args.images}{size}, {args.runs} timed runs each")

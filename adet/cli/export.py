@@ -11,33 +11,41 @@ PyTorch's; a mismatch is an error. Needs ``pip install 'embedmask[export]'`` (on
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
+import cv2
 import numpy as np
+import torch
 
-from adet.engine.defaults import ArgumentParser
+from adet.api import load_config
+from adet.checkpoint import DetectionCheckpointer
+from adet.data import read_image
+from adet.data.synthetic import generate_image
+from adet.engine import DefaultPredictor
+from adet.errors import PreflightError
+from adet.export import ONNXPredictor, export_onnx
+from adet.modeling import build_model, prepare_for_inference
+from adet.structures import pairwise_iou
+from adet.utils.logger import setup_logger
+
+from .options import ArgumentParser, add_config_arguments
+from .preflight import check_config_values, check_output_file, check_weights
 
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description="Export EmbedMask to ONNX and check it in ONNX Runtime")
-    parser.add_argument("--config-file", default="", metavar="FILE",
-                        help="a config file or packaged name (default: the checkpoint's own config)")
-    parser.add_argument("--weights", default="", metavar="CKPT", help="the checkpoint (MODEL.WEIGHTS)")
+    add_config_arguments(parser)
     parser.add_argument("--output", required=True, metavar="FILE.onnx", help="where the ONNX file goes")
     parser.add_argument("--opset", type=int, default=18, help="ONNX opset version (default 18)")
     parser.add_argument("--sample", default="", metavar="IMAGE",
                         help="an image to trace and check with (default: a generated one)")
     parser.add_argument("--no-check", action="store_true", help="skip the ONNX Runtime comparison")
-    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
     return parser
 
 
 def sample_image(seed: int = 0) -> np.ndarray:
     """A 480x640 BGR picture of coloured shapes on a textured background (no file needed)."""
-    import cv2
-
-    from adet.data.synthetic import generate_image
-
     image, _ = generate_image(np.random.default_rng(seed), 120, 160)
     return cv2.resize(image, (640, 480), interpolation=cv2.INTER_LINEAR)
 
@@ -46,8 +54,6 @@ def compare(expected, actual) -> dict:
     """Detections of PyTorch (``expected``) and ONNX Runtime matched one to one in ``expected``'s score order: same
     class, box IoU >= 0.98 and, among those, the closest score (a model can give several near-identical boxes).
     Returns the counts, the largest score and box differences, the smallest mask IoU."""
-    from adet.structures import pairwise_iou
-
     count = len(expected)
     result = {"detections": count, "onnx_detections": len(actual), "matched": 0, "score": 0.0, "box": 0.0,
               "mask_iou": 1.0}
@@ -74,24 +80,11 @@ def compare(expected, actual) -> dict:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    import torch
-
-    from adet.api import load_config
-    from adet.checkpoint import DetectionCheckpointer
-    from adet.data import read_image
-    from adet.engine import DefaultPredictor
-    from adet.engine.defaults import setup_logger
-    from adet.engine.preflight import PreflightError, check_config_values, check_output_file, check_weights
-    from adet.export import ONNXPredictor, export_onnx
-    from adet.modeling import build_model, prepare_for_inference
-
     args = build_parser(prog).parse_args(argv)
     setup_logger()
     for module in ("onnx", "onnxscript", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise PreflightError(f"export needs {module}: pip install 'embedmask[export]'") from None
+        if importlib.util.find_spec(module) is None:
+            raise PreflightError(f"export needs {module}: pip install 'embedmask[export]'")
     check_output_file(args.output, "--output")
     cfg = load_config(args.weights, args.config_file or None, args.opts, device="cpu")
     check_config_values(cfg)

@@ -18,8 +18,17 @@ import os
 import time
 
 import cv2
+from tqdm import tqdm
 
-from adet.engine.defaults import CONFIG_KEY, ArgumentParser
+from adet.api import Predictor, image_id_from_name, load_config
+from adet.checkpoint import atomic_write_text
+from adet.data.coco import read_coco_json
+from adet.errors import ImageReadError, InputError, PreflightError
+from adet.export import ONNXPredictor
+from adet.utils.logger import setup_logger
+
+from .options import CONFIG_KEY, ArgumentParser, add_config_arguments
+from .preflight import check_config_values, check_device, check_output_file, check_output_folder, check_weights
 
 logger = logging.getLogger(__name__)
 
@@ -27,12 +36,8 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
-    parser = ArgumentParser(prog=prog, description="Run EmbedMask on images, a video or the webcam",
-                            epilog="KEY VALUE pairs (anywhere, or after --opts) override config keys.")
-    parser.add_argument("--config-file", default="", metavar="FILE",
-                        help="a config file or packaged name (default: the checkpoint's own config, else "
-                             "EmbedMask/MS_R_50_1x.yaml)")
-    parser.add_argument("--weights", default="", metavar="CKPT", help="the checkpoint (MODEL.WEIGHTS)")
+    parser = ArgumentParser(prog=prog, description="Run EmbedMask on images, a video or the webcam")
+    add_config_arguments(parser)
     parser.add_argument("--onnx", default="", metavar="FILE.onnx",
                         help="run an exported model (embedmask export) with ONNX Runtime instead")
     parser.add_argument("--input", nargs="+", default=[], help="image files, folders or glob patterns")
@@ -48,8 +53,7 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "sqrt(class probability x centerness) (default 0.5)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--opts", dest="flag_opts", nargs="*", default=[], metavar="KEY VALUE",
-                        help="config overrides (as in AdelaiDet's demo)")
-    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
+                        help="config overrides (as in AdelaiDet's demo; applied before the trailing ones)")
     return parser
 
 
@@ -82,7 +86,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
         else:
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         if not found:
-            raise FileNotFoundError(f"--input {pattern}: no such file, folder or matching images")
+            raise InputError(f"--input {pattern}: no such file, folder or matching images")
         paths.extend(found)
     return paths
 
@@ -103,16 +107,12 @@ class JsonResults:
         self.ids_by_file: dict[str, int] = {}
         self.category_ids_by_name: dict[str, int] = {}
         if ground_truth:
-            from adet.data.coco import read_coco_json
-
             data = read_coco_json(ground_truth)
             for image in data["images"]:
                 self.ids_by_file.setdefault(os.path.basename(image["file_name"]), image["id"])
             self.category_ids_by_name = {c["name"]: c["id"] for c in data["categories"]}
 
     def image_id(self, source: str):
-        from adet.api import image_id_from_name
-
         return self.ids_by_file.get(os.path.basename(source), image_id_from_name(source))
 
     def add(self, prediction, source: str) -> None:
@@ -126,18 +126,12 @@ class JsonResults:
 
     def save(self) -> None:
         if self.path:
-            from adet.checkpoint import atomic_write_text
-
             atomic_write_text(json.dumps(self.records), self.path)
             print(f"{len(self.records)} detections saved to {self.path}")
 
 
 def run_on_images(predictor, paths: list[str], output: str, results: JsonResults) -> int:
     """Predict and save each image; unreadable ones are reported and skipped. Returns how many were skipped."""
-    from tqdm import tqdm
-
-    from adet.data import ImageReadError
-
     skipped = 0
     bar = tqdm(paths, unit="img", dynamic_ncols=True, disable=None)
     for path in bar:
@@ -163,8 +157,6 @@ def run_on_images(predictor, paths: list[str], output: str, results: JsonResults
 
 def run_on_video(predictor, capture, output_file: str, results: JsonResults, source: str, show: bool = False) -> int:
     """Annotate every frame of an opened cv2.VideoCapture into ``output_file`` (mp4) and/or a window."""
-    from tqdm import tqdm
-
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     frames = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     writer = None
@@ -215,74 +207,65 @@ def open_webcam(output: str):
     """Camera 0, and whether to show it in a window (without --output, which needs a GUI-enabled OpenCV)."""
     show = not output
     if show and not opencv_has_gui():
-        raise FileNotFoundError("--webcam: this OpenCV build cannot open windows (opencv-python-headless); pass "
+        raise InputError("--webcam: this OpenCV build cannot open windows (opencv-python-headless); pass "
                                 "--output FILE.mp4 to record the annotated stream instead")
     capture = cv2.VideoCapture(0)
     if not capture.isOpened():
-        raise FileNotFoundError("--webcam: no camera found (could not open camera 0)")
+        raise InputError("--webcam: no camera found (could not open camera 0)")
     return capture, show
 
 
 def onnx_predictor(args: argparse.Namespace, overrides: list[str]):
     """A Predictor running ``--onnx`` in ONNX Runtime; the score threshold applies to its output."""
-    from adet.api import Predictor
-    from adet.engine.preflight import PreflightError
-    from adet.export import ONNXPredictor
-
     if args.weights or args.config_file or overrides:
         raise PreflightError("--onnx: the exported file holds the model and its config; --weights, --config-file "
                              "and KEY VALUE overrides do not apply to it")
     if not os.path.isfile(args.onnx):
-        raise FileNotFoundError(f"--onnx {args.onnx}: no such file")
+        raise InputError(f"--onnx {args.onnx}: no such file")
     providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
     return Predictor(ONNXPredictor(args.onnx, providers), min_score=args.confidence_threshold)
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from adet.api import Predictor, load_config
-    from adet.engine.defaults import setup_logger
-    from adet.engine.preflight import (
-        PreflightError,
-        check_config_values,
-        check_device,
-        check_output_file,
-        check_output_folder,
-        check_weights,
-    )
+def pytorch_predictor(args: argparse.Namespace, overrides: list[str]) -> Predictor:
+    """A Predictor running the config's model in PyTorch; the score threshold becomes the model's."""
+    overrides = overrides + ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
+    cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
+    check_device(cfg.MODEL.DEVICE)
+    check_config_values(cfg)
+    check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
+    if cfg.MODEL.WEIGHTS.endswith(".pkl"):
+        raise PreflightError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: ImageNet backbone weights; prediction needs a "
+                             "trained EmbedMask checkpoint (.pth)")
+    return Predictor(cfg)
 
-    args = build_parser(prog).parse_args(argv)
-    overrides = split_overrides(args)
-    setup_logger()
+
+def check_arguments(args: argparse.Namespace) -> list[str]:
+    """The inputs (image paths) of a valid command line, whose outputs are checked before any model is loaded."""
     if not 0 <= args.confidence_threshold <= 1:
         raise PreflightError(f"--confidence-threshold {args.confidence_threshold}: a score threshold is between 0 "
                              "and 1")
     if args.device is not None:
         check_device(args.device, "--device")
-    sources = sum(bool(x) for x in (args.input, args.video_input, args.webcam))
-    if sources != 1:
-        raise FileNotFoundError("pass exactly one of --input (images), --video-input (a video) or --webcam")
+    if sum(bool(x) for x in (args.input, args.video_input, args.webcam)) != 1:
+        raise InputError("pass exactly one of --input (images), --video-input (a video) or --webcam")
     paths = expand_inputs(args.input) if args.input else []
     if args.video_input and not os.path.isfile(args.video_input):
-        raise FileNotFoundError(f"--video-input {args.video_input}: no such file")
-    # Where results go is checked before the model is loaded and any image is processed.
+        raise InputError(f"--video-input {args.video_input}: no such file")
     if args.output:
         single_file = (len(paths) == 1 and os.path.splitext(args.output)[1].lower() in IMAGE_EXTENSIONS) or (
             not paths and os.path.splitext(args.output)[1])
         (check_output_file if single_file else check_output_folder)(args.output, "--output")
     if args.json:
         check_output_file(args.json, "--json")
-    if args.onnx:
-        predictor = onnx_predictor(args, overrides)
-    else:
-        overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
-        cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
-        check_device(cfg.MODEL.DEVICE)
-        check_config_values(cfg)
-        check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
-        if cfg.MODEL.WEIGHTS.endswith(".pkl"):
-            raise PreflightError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: ImageNet backbone weights; prediction needs a "
-                                 "trained EmbedMask checkpoint (.pth)")
-        predictor = Predictor(cfg)
+    return paths
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+    args = build_parser(prog).parse_args(argv)
+    overrides = split_overrides(args)
+    setup_logger()
+    paths = check_arguments(args)
+    predictor = onnx_predictor(args, overrides) if args.onnx else pytorch_predictor(args, overrides)
     results = JsonResults(args.json, args.ground_truth)
     if paths:
         skipped = run_on_images(predictor, paths, args.output, results)
@@ -291,7 +274,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
     elif args.video_input:
         capture = cv2.VideoCapture(args.video_input)
         if not capture.isOpened():
-            raise FileNotFoundError(f"--video-input {args.video_input}: not a readable video")
+            raise InputError(f"--video-input {args.video_input}: not a readable video")
         target = video_output_path(args.output, args.video_input)
         frames = run_on_video(predictor, capture, target, results, args.video_input)
         capture.release()

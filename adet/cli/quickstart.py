@@ -13,6 +13,20 @@ import os
 import shutil
 import time
 
+import cv2
+import numpy as np
+
+from adet.checkpoint import DetectionCheckpointer, checkpoint_config
+from adet.data.builtin import datasets_root
+from adet.data.synthetic import IMAGE_SIZE, generate_image
+from adet.engine.evaluate import evaluate_datasets
+from adet.engine.trainer import train
+from adet.model_zoo import get_config
+from adet.modeling import build_model, prepare_for_inference
+from adet.utils.logger import setup_logger
+
+from . import predict
+
 CONFIG = "EmbedMask/Synthetic.yaml"
 CACHED_MODEL = os.path.join("models", "EmbedMask_synthetic.pth")
 DEMO_OUTPUT = os.path.join("demo", "outputs")
@@ -22,19 +36,12 @@ def cached_model_matches(cfg, path: str) -> bool:
     """The cached model exists and was trained with the current model and solver settings."""
     if not os.path.isfile(path):
         return False
-    from adet.api import checkpoint_config
-
     saved = checkpoint_config(path)
     return saved is not None and saved.MODEL.dump() == cfg.MODEL.dump() and saved.SOLVER.dump() == cfg.SOLVER.dump()
 
 
 def write_held_out_images(folder: str, count: int = 6, seed: int = 12345) -> list[str]:
     """Synthetic images the model never saw (a seed used by no split), shown 2x larger as a person would look."""
-    import cv2
-    import numpy as np
-
-    from adet.data.synthetic import IMAGE_SIZE, generate_image
-
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
     paths = []
@@ -52,21 +59,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
-    from adet.cli import predict
-    from adet.data.builtin import datasets_root
-    from adet.engine.defaults import setup_logger
-    from adet.engine.evaluate import evaluate_datasets
-    from adet.engine.trainer import train
-    from adet.model_zoo import get_config
-
     cfg = get_config(CONFIG)
     cfg.OUTPUT_DIR = args.output_dir
     if not args.retrain and cached_model_matches(cfg, CACHED_MODEL):
         setup_logger(cfg.OUTPUT_DIR)
         print(f"Reusing {CACHED_MODEL} (pass --retrain to train again)")
-        from adet.checkpoint import DetectionCheckpointer
-        from adet.modeling import build_model, prepare_for_inference
-
         model = build_model(cfg)
         DetectionCheckpointer(model).load(CACHED_MODEL)
         results = evaluate_datasets(cfg, prepare_for_inference(model))

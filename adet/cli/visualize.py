@@ -16,14 +16,29 @@ from collections import defaultdict
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 
-from adet.engine.defaults import ArgumentParser
+from adet.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
+from adet.data.coco import xywh_box
+from adet.errors import ConfigError, DatasetError
+from adet.structures import PolygonMasks, polygons_to_bitmask, segmentation_to_rle
+from adet.utils.logger import setup_logger
+from adet.utils.visualizer import draw_instances
+
+from .options import (
+    ArgumentParser,
+    add_config_arguments,
+    add_dataset_argument,
+    register_datasets_from_args,
+    resolve_config,
+)
+from .preflight import check_datasets, check_output_folder
 
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description="Draw a dataset's ground truth (as annotated, or after the "
                                                    "training augmentation) or a results json's predictions")
-    parser.add_argument("--config-file", required=True, metavar="FILE", help="a config file or packaged name")
+    add_config_arguments(parser, weights=False, required=True)
     parser.add_argument("--source", choices=["annotation", "dataloader"], default="dataloader",
                         help="ground truth as annotated, or after the training augmentation (default)")
     parser.add_argument("--split", choices=["train", "test"], default=None,
@@ -32,19 +47,13 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--predictions", default="", metavar="JSON",
                         help="a COCO results json: draw its predictions (left) beside the ground truth (right)")
     parser.add_argument("--score-threshold", type=float, default=0.5, help="with --predictions: minimum score")
-    parser.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGES/",
-                        help="register a COCO-format dataset (repeatable)")
+    add_dataset_argument(parser)
     parser.add_argument("--num", type=int, default=16, help="how many images (default 16)")
     parser.add_argument("--output-dir", required=True, help="where the drawings go")
-    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides")
     return parser
 
 
 def _annotation_masks(annotations: list[dict], height: int, width: int) -> np.ndarray:
-    import pycocotools.mask as mask_util
-
-    from adet.structures import segmentation_to_rle
-
     masks = [mask_util.decode(segmentation_to_rle(a["segmentation"], height, width)).astype(bool)
              if a.get("segmentation") else np.zeros((height, width), bool) for a in annotations]
     return np.stack(masks) if masks else np.zeros((0, height, width), bool)
@@ -52,9 +61,6 @@ def _annotation_masks(annotations: list[dict], height: int, width: int) -> np.nd
 
 def draw_ground_truth(image: np.ndarray, annotations: list[dict], class_names) -> np.ndarray:
     """Annotations in dataset-dict form (XYWH or XYXY ``bbox``, contiguous ``category_id``) drawn on ``image``."""
-    from adet.data.coco import xywh_box
-    from adet.utils.visualizer import draw_instances
-
     height, width = image.shape[:2]
     boxes = np.array([xywh_box(a) for a in annotations], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
@@ -64,9 +70,6 @@ def draw_ground_truth(image: np.ndarray, annotations: list[dict], class_names) -
 
 def draw_augmented(record: dict, class_names) -> np.ndarray:
     """A mapped training sample (image tensor and gt Instances after augmentation) drawn."""
-    from adet.structures import PolygonMasks, polygons_to_bitmask
-    from adet.utils.visualizer import draw_instances
-
     image = record["image"].permute(1, 2, 0).numpy().astype(np.uint8).copy()
     instances = record["instances"]
     height, width = image.shape[:2]
@@ -83,10 +86,6 @@ def draw_augmented(record: dict, class_names) -> np.ndarray:
 
 def draw_predictions(image: np.ndarray, predictions: list[dict], to_contiguous: dict[int, int], class_names,
                      score_threshold: float) -> np.ndarray:
-    import pycocotools.mask as mask_util
-
-    from adet.utils.visualizer import draw_instances
-
     kept = [p for p in predictions if p["score"] >= score_threshold]
     boxes = np.array([p["bbox"] for p in kept], dtype=np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
@@ -98,8 +97,6 @@ def draw_predictions(image: np.ndarray, predictions: list[dict], to_contiguous: 
 
 def read_results(path: str) -> list[dict]:
     """A COCO results json: a list of {"image_id", "category_id", "bbox", "score"[, "segmentation"]}."""
-    from adet.data.validation import DatasetError
-
     try:
         with open(path, encoding="utf-8") as f:
             results = json.load(f)
@@ -115,19 +112,14 @@ def read_results(path: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> None:
-    from adet.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
-    from adet.engine.defaults import register_datasets_from_args, setup_cfg, setup_logger
-    from adet.engine.preflight import check_datasets, check_output_folder
-
     args = build_parser(prog).parse_args(argv)
     setup_logger()
-    register_datasets_from_args(args.dataset)
-    cfg = setup_cfg(args)
+    cfg = resolve_config(args.config_file, "", args.opts, datasets=register_datasets_from_args(args.dataset))
     check_output_folder(args.output_dir, "--output-dir")
     split = args.split or ("test" if args.predictions or args.source == "annotation" else "train")
     names = cfg.DATASETS.TRAIN if split == "train" else cfg.DATASETS.TEST
     if not names:
-        raise FileNotFoundError(f"DATASETS.{split.upper()} is empty: nothing to draw")
+        raise ConfigError(f"DATASETS.{split.upper()} is empty: nothing to draw")
     name = names[0]
     check_datasets(cfg, (name,), f"DATASETS.{split.upper()}", need_annotations=False)
     dicts = DatasetCatalog.get(name)

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import logging
+import os
+from typing import Sequence
 
 import numpy as np
 import torch.utils.data as torchdata
 
+from adet.errors import ConfigError, DatasetError, ImageReadError
 from adet.utils.comm import get_rank, get_world_size
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .image_io import ImageReadError
 from .mapper import DatasetMapper
 from .samplers import InferenceSampler, TrainingBatchSampler
+from .validation import load_coco
 
 logger = logging.getLogger(__name__)
 
@@ -22,22 +25,50 @@ def trivial_batch_collator(batch: list) -> list:
     return batch
 
 
+def required_datasets(names: Sequence[str], key: str, purpose: str) -> tuple[str, ...]:
+    """``names`` (the value of config key ``key``), which must not be empty for ``purpose``."""
+    if not names:
+        raise ConfigError(f"{key} is empty: nothing to {purpose}")
+    return tuple(names)
+
+
+def per_process_batch(cfg, world_size: int) -> int:
+    """Each process's share of SOLVER.IMS_PER_BATCH, the total over all processes."""
+    if cfg.SOLVER.IMS_PER_BATCH % world_size != 0:
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the number of "
+                          f"processes ({world_size})")
+    return cfg.SOLVER.IMS_PER_BATCH // world_size
+
+
+def check_num_classes(cfg) -> None:
+    """The first training dataset's class count, when known, is MODEL.FCOS.NUM_CLASSES."""
+    if not cfg.DATASETS.TRAIN:
+        return
+    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    names = metadata.get("thing_classes")
+    if names is None and metadata.get("json_file") and os.path.isfile(metadata.json_file):
+        names = load_coco(metadata.json_file, require_annotations=False)[0]["categories"]
+    if names is not None and len(names) != cfg.MODEL.FCOS.NUM_CLASSES:
+        raise ConfigError(f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]} has {len(names)} classes but "
+                          f"MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}; add MODEL.FCOS.NUM_CLASSES "
+                          f"{len(names)}")
+
+
 def get_detection_dataset_dicts(names: list[str] | tuple[str, ...], filter_empty: bool = True) -> list[dict]:
     """The concatenated dicts of the named datasets (COCO files are validated as they are loaded), without images
     lacking a non-crowd annotation when ``filter_empty``."""
-    if not names:
-        raise ValueError("DATASETS.TRAIN is empty: nothing to train on")
+    names = required_datasets(names, "DATASETS.TRAIN", "train on")
     dicts = [d for name in names for d in DatasetCatalog.get(name)]
     classes = [MetadataCatalog.get(n).get("thing_classes") for n in names]  # set while loading
     if any(c != classes[0] for c in classes[1:]):
-        raise ValueError(f"DATASETS.TRAIN {list(names)} have different class lists")
+        raise DatasetError(f"DATASETS.TRAIN {list(names)} have different class lists")
     if filter_empty:
         before = len(dicts)
         dicts = [d for d in dicts if any(not a.get("iscrowd", 0) for a in d["annotations"])]
         if before != len(dicts):
             logger.info("Removed %d images without usable annotations; %d left", before - len(dicts), len(dicts))
     if not dicts:
-        raise ValueError(f"DATASETS.TRAIN {list(names)}: no image with annotations left to train on")
+        raise DatasetError(f"DATASETS.TRAIN {list(names)}: no image with annotations left to train on")
     return dicts
 
 
@@ -78,12 +109,10 @@ class MapDataset(torchdata.Dataset):
 def build_detection_train_loader(cfg, seed: int, start_iter: int = 0) -> torchdata.DataLoader:
     """Infinite loader of this process's share of SOLVER.IMS_PER_BATCH, from DATASETS.TRAIN."""
     world_size = get_world_size()
-    if cfg.SOLVER.IMS_PER_BATCH % world_size != 0:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by the number of "
-                         f"processes ({world_size})")
+    batch_size = per_process_batch(cfg, world_size)
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     group_ids = [int(d["width"] > d["height"]) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else 0 for d in dicts]
-    sampler = TrainingBatchSampler(group_ids, cfg.SOLVER.IMS_PER_BATCH // world_size, seed, get_rank(), world_size,
+    sampler = TrainingBatchSampler(group_ids, batch_size, seed, get_rank(), world_size,
                                    start_iter)
     dataset = MapDataset(dicts, DatasetMapper.from_config(cfg, is_train=True), seed)
     return torchdata.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,

@@ -11,6 +11,7 @@ import os
 
 from .catalog import DatasetCatalog
 from .coco import register_coco_instances
+from .synthetic import register_synthetic
 
 # (COCO category id, name) of the 80 thing classes, in contiguous-id order.
 COCO_CATEGORIES = [
@@ -58,8 +59,6 @@ register_all_coco()
 
 
 def register_all_synthetic() -> None:
-    from .synthetic import register_synthetic
-
     register_synthetic(datasets_root)
 
 

@@ -3,6 +3,7 @@ COCO id mapping, paths), with detectron2's names and behaviour."""
 
 from __future__ import annotations
 
+import difflib
 from typing import Any, Callable
 
 from adet.errors import UnknownDatasetError
@@ -46,8 +47,6 @@ class _DatasetCatalog(dict):
 
     def get(self, name: str) -> list[dict]:  # type: ignore[override]
         if name not in self:
-            import difflib
-
             hint = difflib.get_close_matches(name, list(self), n=1)
             raise UnknownDatasetError(f"Dataset '{name}' is not registered" +
                                       (f" (did you mean '{hint[0]}'?)" if hint else "") +

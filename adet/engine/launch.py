@@ -44,18 +44,25 @@ def check_devices(num_gpus_per_machine: int, device: str) -> None:
                           "processes on the CPU (gloo)")
 
 
+# How a worker reports a failure: (error, prefix such as "(rank 1) ") -> exit status. Picklable (a module-level
+# function) so spawned workers receive it.
+ErrorReporter = Callable[[BaseException, str], int]
+
+
 def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
            dist_url: str | None = None, args: tuple = (), use_cuda: bool = True,
-           timeout: datetime.timedelta = DEFAULT_TIMEOUT) -> Any:
+           timeout: datetime.timedelta = DEFAULT_TIMEOUT, report_error: ErrorReporter | None = None) -> Any:
     """Run ``main_func(*args)`` in ``num_gpus_per_machine * num_machines`` processes (one, in this process, when
     that is 1 and not under torchrun). NCCL on GPUs, gloo on the CPU. ``dist_url`` "auto" picks a free local port
     (single machine only); use ``tcp://HOST:PORT`` of machine 0 for several machines.
 
-    If a worker dies, the others are stopped (same machine) or fail at their next collective after ``timeout``.
+    A failing worker of a group exits with ``report_error(error, prefix)`` (the command line's one-line report;
+    None: the exception propagates). If a worker dies, the others are stopped (same machine) or fail at their next
+    collective after ``timeout``.
     """
     if launched_by_torchrun():
         return _worker_in_group(main_func, "env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]),
-                                int(os.environ["LOCAL_RANK"]), use_cuda, timeout, args)
+                                int(os.environ["LOCAL_RANK"]), use_cuda, timeout, args, report_error)
     world_size = num_machines * num_gpus_per_machine
     if world_size <= 1:
         return main_func(*args)
@@ -68,7 +75,7 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machine
     try:
         mp.start_processes(_spawned_worker, nprocs=num_gpus_per_machine, start_method="spawn",
                            args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, use_cuda,
-                                 timeout, args))
+                                 timeout, args, report_error))
     except mp.ProcessExitedException as e:
         if e.exit_code not in (1, 2, 130):  # the worker already printed its one-line error
             how = f"signal {e.signal_name}" if e.signal_name else f"exit code {e.exit_code}"
@@ -77,16 +84,15 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machine
 
 
 def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_machine: int, machine_rank: int,
-                    dist_url: str, use_cuda: bool, timeout: datetime.timedelta, args: tuple) -> None:
+                    dist_url: str, use_cuda: bool, timeout: datetime.timedelta, args: tuple,
+                    report_error: ErrorReporter | None) -> None:
     rank = machine_rank * num_gpus_per_machine + local_rank
     os.environ["LOCAL_RANK"] = str(local_rank)
-    _worker_in_group(main_func, dist_url, world_size, rank, local_rank, use_cuda, timeout, args)
+    _worker_in_group(main_func, dist_url, world_size, rank, local_rank, use_cuda, timeout, args, report_error)
 
 
 def _worker_in_group(main_func, dist_url: str, world_size: int, rank: int, local_rank: int, use_cuda: bool,
-                     timeout: datetime.timedelta, args: tuple) -> Any:
-    from .defaults import report_error
-
+                     timeout: datetime.timedelta, args: tuple, report_error: ErrorReporter | None) -> Any:
     use_nccl = use_cuda and torch.cuda.is_available()
     if use_nccl:
         torch.cuda.set_device(local_rank)
@@ -98,7 +104,9 @@ def _worker_in_group(main_func, dist_url: str, world_size: int, rank: int, local
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as e:  # noqa: BLE001 - one line per failing process instead of a traceback
-        sys.exit(report_error(e, prefix=f"(rank {rank}) " if rank else ""))
+        if report_error is None:
+            raise
+        sys.exit(report_error(e, f"(rank {rank}) " if rank else ""))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -12,6 +12,8 @@ import sys
 from collections import deque
 
 import torch
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +43,7 @@ class MetricsWriter:
             os.makedirs(output_dir, exist_ok=True)
             self.json_path = os.path.join(output_dir, "metrics.json")
             try:
+                # Imported only by the process that writes events: it loads tensorboard and protobuf.
                 from torch.utils.tensorboard import SummaryWriter
 
                 self.tensorboard = SummaryWriter(log_dir=output_dir)
@@ -53,9 +56,6 @@ class MetricsWriter:
         if self.output_dir is None or not sys.stdout.isatty():
             yield
             return
-        from tqdm import tqdm
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
         self.bar = tqdm(total=self.max_iter, initial=self.start_iter, unit="it", dynamic_ncols=True, desc="train")
         with logging_redirect_tqdm([logging.getLogger("adet")]):
             try:

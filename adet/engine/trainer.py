@@ -1,4 +1,4 @@
-"""The training loop: one function a reader can hold in their head.
+"""The training loop: a step function and the periodic work around it, which a reader can hold in their head.
 
 The initial weights follow from the seed, and every iteration's randomness (data order, augmentation, proposal
 sampling) from (seed, iteration): a run with SEED >= 0 is repeatable, and one resumed from a checkpoint produces the
@@ -19,19 +19,31 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from adet.checkpoint import DetectionCheckpointer
+from adet.checkpoint import DetectionCheckpointer, resume_checkpoint
+from adet.config import CfgNode
 from adet.data import MetadataCatalog, build_detection_train_loader
+from adet.data.build import check_num_classes
 from adet.errors import TrainingDivergedError
 from adet.modeling import build_model
-from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
+from adet.modeling.embedmask import EmbedMask
+from adet.solver import WarmupLRScheduler, build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
 from adet.utils import comm
 from adet.utils.plots import plot_training_curves
 
 from .evaluate import evaluate_datasets
 from .metrics import MetricsWriter
-from .preflight import check_num_classes, check_resume
 
 logger = logging.getLogger(__name__)
+
+
+def seed_rng(seed: int, iteration: int | None = None) -> None:
+    """The one place torch's RNG is seeded: from the run's seed before the model is built (``iteration`` None:
+    the initial weights), and from (seed, iteration, rank) before each step (proposal sampling), so that a resumed
+    run draws what an uninterrupted one would."""
+    if iteration is None:
+        torch.manual_seed(seed)
+    else:
+        torch.manual_seed((seed * 1000003 + iteration * 1009 + comm.get_rank()) % (2**63))
 
 
 def shared_seed(cfg_seed: int) -> int:
@@ -92,14 +104,14 @@ def dataset_classes(cfg) -> tuple[list[str] | None, list[int] | None]:
 class TrainingState:
     """Everything the loop needs; ``model`` is the bare model, ``train_model`` its DDP wrapper (or itself)."""
 
-    cfg: object
-    model: torch.nn.Module
+    cfg: CfgNode
+    model: EmbedMask
     train_model: torch.nn.Module
     optimizer: torch.optim.Optimizer
-    scheduler: object
-    scaler: object
+    scheduler: WarmupLRScheduler
+    scaler: torch.amp.GradScaler  # disabled unless SOLVER.AMP on a GPU: then scale/step/update pass through
     checkpointer: DetectionCheckpointer
-    loader: object
+    loader: torch.utils.data.DataLoader
     start_iter: int
     seed: int
 
@@ -119,19 +131,18 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     cfg = scale_for_world_size(cfg, world_size)
     configure_determinism(cfg)
     seed = shared_seed(cfg.SEED)
-    # The initial weights too are a function of the seed, whoever calls this (train_net, quickstart, benchmarks).
-    torch.manual_seed(seed)
+    seed_rng(seed)  # the initial weights too are a function of the seed, whoever calls this
     model = build_model(cfg)
     optimizer = build_optimizer(cfg, model)
     scheduler = build_lr_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda") if cfg.SOLVER.AMP.ENABLED and model.device.type == "cuda" else None
+    scaler = torch.amp.GradScaler("cuda", enabled=cfg.SOLVER.AMP.ENABLED and model.device.type == "cuda")
     checkpointables = {"optimizer": optimizer, "scheduler": scheduler}
-    if scaler is not None:
+    if scaler.is_enabled():
         checkpointables["scaler"] = scaler
     checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
                                          **checkpointables)
     remove_stale_temporaries(cfg.OUTPUT_DIR)
-    resume_from = check_resume(cfg.OUTPUT_DIR) if resume else None  # an error if what was saved is unusable
+    resume_from = resume_checkpoint(cfg.OUTPUT_DIR) if resume else None  # an error if what was saved is unusable
     if resume_from is not None:
         extra = checkpointer.load(resume_from)
         start_iter, seed = int(extra["iteration"]) + 1, int(extra["seed"])
@@ -150,6 +161,26 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
             train_model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
     return TrainingState(cfg, model, train_model, optimizer, scheduler, scaler, checkpointer, loader, start_iter,
                          seed)
+
+
+def train_step(state: TrainingState, data: list[dict], iteration: int) -> tuple[dict[str, torch.Tensor], float]:
+    """One optimisation step on one batch; returns the losses and the learning rate it used."""
+    cfg, model = state.cfg, state.model
+    seed_rng(state.seed, iteration)
+    # AMP: float16 on GPUs (with the gradient scaler), bfloat16 on the CPU.
+    dtype = torch.float16 if model.device.type == "cuda" else torch.bfloat16
+    with torch.autocast(model.device.type, dtype=dtype, enabled=cfg.SOLVER.AMP.ENABLED):
+        loss_dict = state.train_model(data)
+    check_finite(loss_dict, iteration)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.scaler.scale(sum(loss_dict.values())).backward()
+    state.scaler.unscale_(state.optimizer)
+    clip_gradients(cfg, model)
+    state.scaler.step(state.optimizer)
+    state.scaler.update()
+    lr = state.optimizer.param_groups[0]["lr"]
+    state.scheduler.step()
+    return loss_dict, lr
 
 
 def headline_metric(results: dict) -> tuple[str, float] | None:
@@ -185,67 +216,55 @@ def save_if_best(state: TrainingState, results: dict, iteration: int, extra: dic
     return value
 
 
+def periodic_work(state: TrainingState, iteration: int, writer: MetricsWriter, best: float,
+                  config_text: str) -> tuple[dict, float]:
+    """Checkpoints (every SOLVER.CHECKPOINT_PERIOD iterations and at the last), model_final.pth, and evaluations
+    (every TEST.EVAL_PERIOD and at the last) with model_best.pth. Returns (results or {}, best metric so far)."""
+    cfg = state.cfg
+    last = iteration == cfg.SOLVER.MAX_ITER - 1
+    extra = {"iteration": iteration, "seed": state.seed, "config": config_text}
+    period = cfg.SOLVER.CHECKPOINT_PERIOD
+    if period > 0 and ((iteration + 1) % period == 0 or last):
+        state.checkpointer.save(f"model_{iteration:07d}", **extra)  # resumable
+    if last:
+        state.checkpointer.save("model_final", resumable=False, **extra)
+    eval_period = cfg.TEST.EVAL_PERIOD
+    if not cfg.DATASETS.TEST or not (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
+        return {}, best
+    results = evaluate_datasets(cfg, state.model)
+    writer.write_evaluation(iteration, results)
+    best = save_if_best(state, results, iteration, extra, best)
+    state.train_model.train()
+    return results, best
+
+
 def run_training(state: TrainingState, log_period: int = 20) -> dict:
     """Iterate to SOLVER.MAX_ITER with checkpoints and evaluations; returns the last evaluation's results."""
-    cfg, model, train_model, optimizer = state.cfg, state.model, state.train_model, state.optimizer
-    rank, max_iter, seed = comm.get_rank(), cfg.SOLVER.MAX_ITER, state.seed
+    cfg, max_iter = state.cfg, state.cfg.SOLVER.MAX_ITER
     writer = MetricsWriter(cfg.OUTPUT_DIR if comm.is_main_process() else None, max_iter, state.start_iter)
-    amp = cfg.SOLVER.AMP.ENABLED
-    autocast_dtype = torch.float16 if model.device.type == "cuda" else torch.bfloat16
     logger.info("Training %d iterations from %d (seed %d, %d process(es), %d images per step)", max_iter,
-                state.start_iter, seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
-    results: dict = {}
-    best = read_best(cfg.OUTPUT_DIR)
+                state.start_iter, state.seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
     if state.start_iter >= max_iter:
         logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
                     "SOLVER.MAX_ITER to train further.", state.start_iter, max_iter)
-        return results
+        return {}
+    results, best = {}, read_best(cfg.OUTPUT_DIR)
     config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long to repeat per iteration
-    train_model.train()
+    state.train_model.train()
     data_iter = iter(state.loader)
     with writer.progress():
         for iteration in range(state.start_iter, max_iter):
-            # Proposal sampling (MAX_PROPOSALS) draws from torch's RNG: make it a function of the iteration.
-            torch.manual_seed((seed * 1000003 + iteration * 1009 + rank) % (2**63))
             tic = time.perf_counter()
             data = next(data_iter)
             data_time = time.perf_counter() - tic
-            with torch.autocast(model.device.type, dtype=autocast_dtype, enabled=amp):
-                loss_dict = train_model(data)
-            check_finite(loss_dict, iteration)
-            losses = sum(loss_dict.values())
-            optimizer.zero_grad(set_to_none=True)
-            if state.scaler is not None:
-                state.scaler.scale(losses).backward()
-                state.scaler.unscale_(optimizer)
-                clip_gradients(cfg, model)
-                state.scaler.step(optimizer)
-                state.scaler.update()
-            else:
-                losses.backward()
-                clip_gradients(cfg, model)
-                optimizer.step()
-            lr = optimizer.param_groups[0]["lr"]
-            state.scheduler.step()
-
-            last = iteration == max_iter - 1
-            if (iteration + 1) % log_period == 0 or last or iteration == state.start_iter:
+            loss_dict, lr = train_step(state, data, iteration)
+            if (iteration + 1) % log_period == 0 or iteration in (state.start_iter, max_iter - 1):
                 writer.write_iteration(iteration, reduce_for_logging(loss_dict), lr, time.perf_counter() - tic,
                                        data_time)
             else:
                 writer.tick(iteration, time.perf_counter() - tic)
-            extra = {"iteration": iteration, "seed": seed, "config": config_text}
-            period = cfg.SOLVER.CHECKPOINT_PERIOD
-            if period > 0 and ((iteration + 1) % period == 0 or last):
-                state.checkpointer.save(f"model_{iteration:07d}", **extra)  # resumable
-            if last:
-                state.checkpointer.save("model_final", resumable=False, **extra)
-            eval_period = cfg.TEST.EVAL_PERIOD
-            if cfg.DATASETS.TEST and (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
-                results = evaluate_datasets(cfg, model)
-                writer.write_evaluation(iteration, results)
-                best = save_if_best(state, results, iteration, extra, best)
-                train_model.train()
+            evaluation, best = periodic_work(state, iteration, writer, best, config_text)
+            results = evaluation or results
     writer.close()
     if comm.is_main_process():
         written = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR,

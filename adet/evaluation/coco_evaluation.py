@@ -15,10 +15,13 @@ from typing import Any
 
 import numpy as np
 import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
 from adet.data.catalog import DatasetCatalog, MetadataCatalog
 from adet.data.coco import xywh_box
 from adet.data.validation import load_coco, validate_coco
+from adet.errors import ConfigError
 from adet.structures import Instances
 from adet.utils.comm import all_gather, is_main_process, synchronize
 
@@ -31,18 +34,17 @@ def coco_api(name: str | None = None) -> tuple[type, type, str]:
     """(COCO, COCOeval, library name): faster-coco-eval when available, else pycocotools (or the one named)."""
     name = name or os.environ.get("EMBEDMASK_COCO_EVAL", "")
     if name not in ("", "faster-coco-eval", "pycocotools"):
-        raise ValueError(f"EMBEDMASK_COCO_EVAL must be 'faster-coco-eval' or 'pycocotools', got {name!r}")
+        raise ConfigError(f"EMBEDMASK_COCO_EVAL must be 'faster-coco-eval' or 'pycocotools', got {name!r}")
     if name != "pycocotools":
         try:
-            from faster_coco_eval import COCO, COCOeval_faster
+            # Optional (absent on Python 3.9): pycocotools is the fallback.
+            from faster_coco_eval import COCO as FasterCOCO
+            from faster_coco_eval import COCOeval_faster  # (optional, as above)
 
-            return COCO, COCOeval_faster, "faster-coco-eval"
+            return FasterCOCO, COCOeval_faster, "faster-coco-eval"
         except ImportError:
             if name:
                 raise
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
     return COCO, COCOeval, "pycocotools"
 
 

@@ -7,6 +7,7 @@ import sys
 import time
 
 import torch
+from tqdm import tqdm
 
 from adet.utils.comm import get_world_size, is_main_process
 
@@ -24,8 +25,6 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict
     show_bar = sys.stderr.isatty() and is_main_process()
     bar = None
     if show_bar:
-        from tqdm import tqdm
-
         bar = tqdm(total=total, desc="inference", unit="img", dynamic_ncols=True)
     was_training = model.training
     model.eval()

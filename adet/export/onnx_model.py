@@ -69,7 +69,7 @@ def export_onnx(model: nn.Module, cfg, path: str, sample: np.ndarray, opset: int
     """Export a prepared model (``prepare_for_inference(model, channels_last=False)``) to ``path``; ``sample`` is a
     resized (h, w, 3) uint8 image to trace with. The config, class names and dataset ids go into the file's
     metadata. Returns {"seconds", "bytes"}."""
-    import onnx
+    import onnx  # optional (the export extra): only an export needs it
 
     padded, size = padded_input(sample, model.size_divisibility)
     # Traced on a canvas of at least TRACE_SIZE (the padding beyond the image is masked out by image_size): a

@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .conv import Conv2d
+
 
 class FrozenBatchNorm2d(nn.Module):
     """y = (x - running_mean) / sqrt(running_var + eps) * weight + bias, with every tensor a buffer.
@@ -44,8 +46,6 @@ class FrozenBatchNorm2d(nn.Module):
 def fold_frozen_batchnorm(model: nn.Module) -> int:
     """Merge every frozen BatchNorm that follows a :class:`~adet.layers.Conv2d` into the conv's weight and bias
     (inference only: the checkpoint names ``<conv>.norm.*`` no longer exist afterwards). Returns how many."""
-    from .conv import Conv2d
-
     folded = 0
     for module in model.modules():
         if isinstance(module, Conv2d) and isinstance(module.norm, FrozenBatchNorm2d):

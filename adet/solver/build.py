@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from adet.errors import ConfigError
 from adet.layers import FrozenBatchNorm2d
 
 from .lr_scheduler import WarmupLRScheduler
@@ -67,7 +68,7 @@ def clip_gradients(cfg, model: nn.Module) -> None:
     elif clip.CLIP_TYPE == "full_model":
         torch.nn.utils.clip_grad_norm_(params, clip.CLIP_VALUE, clip.NORM_TYPE)
     else:
-        raise ValueError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value', 'norm' or 'full_model', got "
+        raise ConfigError(f"SOLVER.CLIP_GRADIENTS.CLIP_TYPE must be 'value', 'norm' or 'full_model', got "
                          f"'{clip.CLIP_TYPE}'")
 
 
@@ -81,7 +82,7 @@ def scale_for_world_size(cfg, world_size: int):
     was_frozen = cfg.is_frozen()
     cfg.defrost()
     if cfg.SOLVER.IMS_PER_BATCH % reference != 0:
-        raise ValueError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by "
+        raise ConfigError(f"SOLVER.IMS_PER_BATCH ({cfg.SOLVER.IMS_PER_BATCH}) must be divisible by "
                          f"SOLVER.REFERENCE_WORLD_SIZE ({reference})")
     scale = world_size / reference
     solver = cfg.SOLVER

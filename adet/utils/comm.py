@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -19,8 +21,6 @@ def get_rank() -> int:
 
 
 def get_local_rank() -> int:
-    import os
-
     return int(os.environ.get("LOCAL_RANK", 0))
 
 

@@ -16,10 +16,11 @@ logger = logging.getLogger(__name__)
 
 def _pyplot():
     try:
+        # matplotlib (optional: without it there are no plots) is loaded only when a plot is drawn.
         import matplotlib
 
         matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # after the backend is set: files only, no display needed
     except ImportError:
         logger.warning("matplotlib is not installed: no plots (pip install matplotlib)")
         return None
@@ -166,7 +167,5 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: list[str], out_path: 
 def _save(fig, path: str) -> str:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

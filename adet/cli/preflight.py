@@ -3,10 +3,21 @@ once, as one line naming the option or config key, rather than once per process.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tempfile
 
+import torch
+
+from adet.checkpoint import read_checkpoint_file, resolve_weight_path
+from adet.checkpoint.weight_files import read_msra_pkl
+from adet.data import DatasetCatalog, MetadataCatalog
+from adet.data.build import per_process_batch
+from adet.data.image_io import check_image_format
+from adet.data.validation import load_coco
 from adet.errors import PreflightError
+from adet.modeling import build_model
+from adet.solver import scale_for_world_size
 
 
 def _probe_writable(folder: str) -> str | None:
@@ -48,8 +59,6 @@ def check_output_file(path: str, what: str) -> None:
 # ---- devices and launch -----------------------------------------------------------------------------------------
 def check_device(device: str, what: str = "MODEL.DEVICE") -> None:
     """``device`` names a device this code runs on: cpu, cuda or cuda:N (a GPU that exists, when any does)."""
-    import torch
-
     try:
         parsed = torch.device(device)
     except (RuntimeError, TypeError):
@@ -79,13 +88,8 @@ def check_launch(num_gpus: int, num_machines: int, machine_rank: int, dist_url: 
 
 # ---- config values ---------------------------------------------------------------------------------------------
 def check_config_values(cfg, world_size: int = 1) -> None:
-    """Values the builders do not check themselves, and the model built on the meta device (no memory): a bad
-    model key fails here, in the launching process, not in every worker."""
-    import torch
-
-    from adet.config import ConfigError
-    from adet.modeling.build import META_ARCHITECTURES
-
+    """Values the model does not read (solver, input, test), and the model built on the meta device (no memory),
+    which checks its own: a bad key fails here, in the launching process, not in every worker."""
     solver = cfg.SOLVER
     checks = [
         (cfg.FLOAT32_PRECISION in ("", "highest", "high", "medium"), "FLOAT32_PRECISION",
@@ -99,7 +103,6 @@ def check_config_values(cfg, world_size: int = 1) -> None:
          "must not be negative"),
         (cfg.TEST.EVAL_PERIOD >= 0, "TEST.EVAL_PERIOD", "must not be negative"),
         (cfg.DATALOADER.NUM_WORKERS >= 0, "DATALOADER.NUM_WORKERS", "must not be negative"),
-        (cfg.INPUT.FORMAT in ("BGR", "RGB"), "INPUT.FORMAT", "must be 'BGR' or 'RGB'"),
         (cfg.INPUT.MASK_FORMAT in ("polygon", "bitmask"), "INPUT.MASK_FORMAT", "must be 'polygon' or 'bitmask'"),
         (cfg.INPUT.MIN_SIZE_TEST > 0 and cfg.INPUT.MAX_SIZE_TEST >= cfg.INPUT.MIN_SIZE_TEST, "INPUT.MIN_SIZE_TEST",
          "must be positive and at most INPUT.MAX_SIZE_TEST"),
@@ -109,32 +112,20 @@ def check_config_values(cfg, world_size: int = 1) -> None:
          "TEST.AUG.MIN_SIZES", "must list positive sizes when TEST.AUG.ENABLED"),
         (len(cfg.MODEL.PIXEL_MEAN) == 3 and len(cfg.MODEL.PIXEL_STD) == 3 and all(s > 0 for s in cfg.MODEL.PIXEL_STD),
          "MODEL.PIXEL_MEAN/PIXEL_STD", "need 3 values each, the standard deviations positive"),
-        (solver.IMS_PER_BATCH % world_size == 0 or solver.REFERENCE_WORLD_SIZE, "SOLVER.IMS_PER_BATCH",
-         f"({solver.IMS_PER_BATCH}) must be divisible by the number of processes ({world_size})"),
     ]
     for ok, key, what in checks:
         if not ok:
             value = cfg.FLOAT32_PRECISION if key == "FLOAT32_PRECISION" else ""
             raise PreflightError(f"{key} {value!r} {what}" if value else f"{key} {what}")
-    if cfg.MODEL.META_ARCHITECTURE not in META_ARCHITECTURES:
-        raise ConfigError(f"MODEL.META_ARCHITECTURE: unknown architecture '{cfg.MODEL.META_ARCHITECTURE}' "
-                          f"(available: {sorted(META_ARCHITECTURES)})")
-    try:
-        with torch.device("meta"):
-            META_ARCHITECTURES[cfg.MODEL.META_ARCHITECTURE](cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_image_format(cfg.INPUT.FORMAT)
+    per_process_batch(scale_for_world_size(cfg, world_size), world_size)
+    build_model(cfg, device="meta")
 
 
 # ---- datasets --------------------------------------------------------------------------------------------------
 def check_datasets(cfg, names: tuple, key: str, need_annotations: bool) -> None:
     """Every dataset in ``names`` (the value of config key ``key``) is registered, its files exist, and its
     annotation file passes validation (with a usable annotation when ``need_annotations``)."""
-    import difflib
-
-    from adet.data import DatasetCatalog, MetadataCatalog
-    from adet.data.validation import load_coco
-
     for name in names:
         if name not in DatasetCatalog:
             hint = difflib.get_close_matches(name, list(DatasetCatalog), n=1)
@@ -154,30 +145,10 @@ def check_datasets(cfg, names: tuple, key: str, need_annotations: bool) -> None:
         load_coco(json_file, require_annotations=need_annotations)
 
 
-def check_num_classes(cfg) -> None:
-    """The first training dataset's class count, when known, is MODEL.FCOS.NUM_CLASSES."""
-    from adet.data import MetadataCatalog
-    from adet.data.validation import load_coco
-
-    if not cfg.DATASETS.TRAIN:
-        return
-    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    names = metadata.get("thing_classes")
-    if names is None and metadata.get("json_file") and os.path.isfile(metadata.json_file):
-        names = load_coco(metadata.json_file, require_annotations=False)[0]["categories"]
-    if names is not None and len(names) != cfg.MODEL.FCOS.NUM_CLASSES:
-        raise PreflightError(f"DATASETS.TRAIN {cfg.DATASETS.TRAIN[0]} has {len(names)} classes but "
-                             f"MODEL.FCOS.NUM_CLASSES is {cfg.MODEL.FCOS.NUM_CLASSES}; add MODEL.FCOS.NUM_CLASSES "
-                             f"{len(names)}")
-
-
 # ---- weights and checkpoints -----------------------------------------------------------------------------------
 def check_weights(weights: str, required: bool, what: str = "MODEL.WEIGHTS") -> None:
     """``weights`` is present and readable as a checkpoint or ImageNet weight file (empty: random initialisation,
     an error when ``required``)."""
-    from adet.checkpoint import read_checkpoint_file, resolve_weight_path
-    from adet.checkpoint.weight_files import read_msra_pkl
-
     if not weights:
         if required:
             raise PreflightError(f"{what} is empty: evaluation and prediction need trained weights (--weights CKPT "
@@ -190,36 +161,3 @@ def check_weights(weights: str, required: bool, what: str = "MODEL.WEIGHTS") -> 
         read_msra_pkl(local)
     else:
         read_checkpoint_file(local)
-
-
-def check_resume(output_dir: str) -> str | None:
-    """The checkpoint ``--resume`` will continue from: the one ``last_checkpoint`` names, which must exist, be
-    readable and hold the training state; None when nothing was ever saved in ``output_dir`` (a fresh start)."""
-    from adet.checkpoint import read_checkpoint_file
-
-    marker = os.path.join(output_dir, "last_checkpoint")
-    saved = sorted(f for f in os.listdir(output_dir) if f.startswith("model_") and f.endswith(".pth")) if \
-        os.path.isdir(output_dir) else []
-    if not os.path.exists(marker):
-        if saved:
-            raise PreflightError(f"--resume: {output_dir} holds {', '.join(saved[-3:])} but no last_checkpoint "
-                                 "naming the one to continue from; write its file name into "
-                                 f"{marker}, or start afresh in another OUTPUT_DIR")
-        return None
-    try:
-        with open(marker, encoding="utf-8") as f:
-            name = f.read().strip()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PreflightError(f"--resume: {marker} cannot be read ({e})") from None
-    if not name or "\n" in name or os.sep in name or not name.endswith(".pth"):
-        raise PreflightError(f"--resume: {marker} should hold the file name of a checkpoint in {output_dir} "
-                             f"(e.g. model_0004999.pth), it holds {name[:60]!r}")
-    path = os.path.join(output_dir, name)
-    if not os.path.isfile(path):
-        raise PreflightError(f"--resume: {marker} names {name}, which does not exist in {output_dir}")
-    data = read_checkpoint_file(path)
-    missing = [k for k in ("iteration", "optimizer", "scheduler") if k not in data]
-    if missing:
-        raise PreflightError(f"--resume: {path} holds weights only (no {', '.join(missing)}); resume from a "
-                             "periodic checkpoint (write its name into last_checkpoint)")
-    return path

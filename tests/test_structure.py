@@ -1,0 +1,171 @@
+"""The package's structure, checked: no import cycles, imports at the top of modules (but for optional heavy
+dependencies, each with its reason), short functions, and no block of code written twice."""
+
+from __future__ import annotations
+
+import ast
+import os
+import re
+from collections import defaultdict
+
+import pytest
+
+from .conftest import ROOT
+
+PACKAGE = os.path.join(ROOT, "adet")
+MAX_FUNCTION_LINES = 60
+MIN_REPEATED_LINES = 6
+# Imported inside functions on purpose: optional, or heavy and needed by one code path only.
+DEFERRED_IMPORTS = {"onnx", "onnxruntime", "matplotlib", "matplotlib.pyplot", "torch.utils.tensorboard",
+                    "faster_coco_eval", "torch.utils.cpp_extension"}
+# Data tables (every key with its value) are not code: lines alike there are not repetitions.
+DATA_TABLES = {os.path.join("config", "defaults.py"), os.path.join("config", "compat.py")}
+
+
+def package_modules() -> dict[str, tuple[str, ast.Module]]:
+    modules = {}
+    for folder, _, files in os.walk(PACKAGE):
+        for name in files:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                parts = os.path.relpath(path, ROOT)[:-3].split(os.sep)
+                if parts[-1] == "__init__":
+                    parts = parts[:-1]
+                with open(path, encoding="utf-8") as f:
+                    source = f.read()
+                modules[".".join(parts)] = (path, ast.parse(source))
+    return modules
+
+
+def imported_modules(module: str, path: str, tree: ast.AST, known: set[str]) -> set[str]:
+    """The package modules ``module`` imports anywhere in its file (function-level imports included)."""
+    is_package = path.endswith("__init__.py")
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".") if is_package else module.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            found.update(f"{target}.{a.name}" if f"{target}.{a.name}" in known else target for a in node.names)
+    return {name for name in found if name in known and name != module}
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (cycle := visit(nxt)):
+                return cycle
+        state[node] = 2
+        path.pop()
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (cycle := visit(start)):
+            return cycle
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_no_import_cycles_in_the_package():
+    modules = package_modules()
+    graph = {name: imported_modules(name, path, tree, set(modules)) for name, (path, tree) in modules.items()}
+    assert sum(map(len, graph.values())) > 150  # the graph is really read
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def test_imports_are_at_module_level_except_deferred_optional_ones():
+    offenders = []
+    for path, tree in package_modules().values():
+        lines = open(path, encoding="utf-8").read().splitlines()
+        for function in (n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))):
+            for node in ast.walk(function):
+                if not isinstance(node, (ast.Import, ast.ImportFrom)):
+                    continue
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                commented = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+                if not all(name in DEFERRED_IMPORTS for name in names) or not commented:
+                    offenders.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {', '.join(names)}")
+    assert offenders == []
+
+
+def test_no_function_is_longer_than_60_lines():
+    long = [f"{os.path.relpath(path, ROOT)}:{node.lineno} {node.name} ({node.end_lineno - node.lineno + 1} lines)"
+            for path, tree in package_modules().values() for node in ast.walk(tree)
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+            and node.end_lineno - node.lineno + 1 > MAX_FUNCTION_LINES]
+    assert long == []
+
+
+def code_lines(path: str) -> list[tuple[int, str]]:
+    """(line number, normalised text) of the lines that carry code: no blank lines, comments, docstrings, imports
+    or lone brackets."""
+    source = open(path, encoding="utf-8").read()
+    docstrings = set()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(
+                getattr(body[0], "value", None), ast.Constant) and isinstance(body[0].value.value, str):
+            docstrings.update(range(body[0].lineno, body[0].end_lineno + 1))
+    kept = []
+    for number, line in enumerate(source.splitlines(), 1):
+        text = re.sub(r"\s+", " ", line.split("  #")[0]).strip()
+        if (number in docstrings or not text or text.startswith(("#", "import ", "from ")) or
+                re.fullmatch(r"[\[\](){}:,]*", text)):
+            continue
+        kept.append((number, text))
+    return kept
+
+
+def repeated_blocks(files: dict[str, list[tuple[int, str]]], size: int) -> list[str]:
+    """Places where ``size`` consecutive code lines stand again elsewhere, as "a.py:10 ~ b.py:40"."""
+    seen: dict[tuple[str, ...], list[tuple[str, int]]] = defaultdict(list)
+    for name, lines in files.items():
+        for start in range(len(lines) - size + 1):
+            seen[tuple(text for _, text in lines[start:start + size])].append((name, lines[start][0]))
+    repeats = []
+    for places in seen.values():
+        # Overlapping windows of one run inside a single file are the same place, not a repetition.
+        distinct = [p for i, p in enumerate(places) if all(p[0] != q[0] or abs(p[1] - q[1]) >= size
+                                                           for q in places[:i])]
+        if len(distinct) > 1:
+            repeats.append(" ~ ".join(f"{name}:{line}" for name, line in distinct))
+    return repeats
+
+
+def test_repeated_block_detection_works():
+    block = [(i, f"value_{i} = compute({i})") for i in range(6)]
+    assert repeated_blocks({"a.py": block, "b.py": [(1, "x = 1"), *block]}, 6) == ["a.py:0 ~ b.py:0"]
+    assert repeated_blocks({"a.py": block}, 6) == []
+
+
+def test_no_block_of_six_lines_is_written_twice():
+    files = {}
+    for folder, _, names in os.walk(PACKAGE):
+        for name in names:
+            relative = os.path.relpath(os.path.join(folder, name), PACKAGE)
+            if name.endswith(".py") and relative not in DATA_TABLES:
+                files[relative] = code_lines(os.path.join(folder, name))
+    assert repeated_blocks(files, MIN_REPEATED_LINES) == []
+
+
+@pytest.mark.parametrize("module", ["adet.errors", "adet.version"])
+def test_leaf_modules_import_nothing_from_the_package(module):
+    modules = package_modules()
+    path, tree = modules[module]
+    assert imported_modules(module, path, tree, set(modules)) == set()
