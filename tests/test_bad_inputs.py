@@ -43,7 +43,11 @@ def test_the_corpus_covers_every_category():
     assert len(CASES) >= 90 and len({case.name for case in CASES}) == len(CASES)
 
 
-@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+SLOW_CASES = {"unicode_file_names"}  # trains and predicts end to end (~10 s)
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c.name in SLOW_CASES else c
+                                  for c in CASES], ids=[case.name for case in CASES])
 def test_bad_input(case, world, capsys):
     argv = case.build(world)
     capsys.readouterr()  # what building the case printed (e.g. an earlier run) is not the case's output

@@ -66,6 +66,7 @@ def test_help_unknown_command_and_configs(capsys):
     assert embedmask(["configs"]) == 0 and "EmbedMask/MS_R_50_1x.yaml" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_console_script_is_installed():
     exe = shutil.which("embedmask")
     assert exe is not None

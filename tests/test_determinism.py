@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from adet.layers import aligned_bilinear, mask_probability_reference
@@ -41,6 +42,7 @@ def test_coupling_reference_gradient_is_the_same_every_time():
         torch.set_num_threads(threads)
 
 
+@pytest.mark.slow
 def test_two_training_runs_with_two_threads_are_identical(tmp_path):
     script = os.path.join(ROOT, "tools", "train_net.py")
     env = dict(os.environ, OMP_NUM_THREADS="2", DETECTRON2_DATASETS=str(tmp_path / "data"))

@@ -21,6 +21,8 @@ from adet.modeling import build_model  # noqa: E402
 
 from .conftest import REFERENCE, make_tiny_cfg, shapes_image  # noqa: E402
 
+pytestmark = pytest.mark.slow  # an export takes 20-40 s
+
 
 def tiny_checkpoint(folder, *overrides):
     cfg = make_tiny_cfg("MODEL.FCOS.NUM_CLASSES", 2, *overrides)

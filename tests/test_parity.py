@@ -19,8 +19,6 @@ from adet.structures import Boxes, Instances, PolygonMasks
 
 from .conftest import REFERENCE, ROOT
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def official_checkpoint(tmp_path_factory):

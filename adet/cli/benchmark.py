@@ -33,6 +33,8 @@ from adet.export import ONNXPredictor
 from adet.modeling.embedmask.embedmask import image_sizes_tensor
 from adet.modeling.embedmask.postprocess import postprocess
 
+from .options import ArgumentParser, add_config_arguments
+
 DEFAULT_CONFIG = "EmbedMask/MS_R_50_1x.yaml"
 
 
@@ -58,7 +60,7 @@ def autocast(args):
 
 
 def embedmask_runner(args, dtype: str = "float32"):
-    overrides = ["MODEL.DEVICE", args.device, "MODEL.INFERENCE_DTYPE", dtype]
+    overrides = [*args.opts, "MODEL.DEVICE", args.device, "MODEL.INFERENCE_DTYPE", dtype]
     if not args.weights:  # random weights score every location below the default threshold: keep them all
         overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", 0.0]
     cfg = load_config(args.weights, args.config_file or (None if args.weights else DEFAULT_CONFIG), overrides,
@@ -160,7 +162,7 @@ def compare(args) -> list[dict]:
         command = [sys.executable, "-m", "adet.cli.benchmark", "--worker", name, "--images", args.images,
                    "--device", args.device, "--threads", str(args.threads), "--runs", str(args.runs),
                    "--weights", args.weights, "--input-size", args.input_size, "--precision", args.precision,
-                   "--config-file", args.config_file, "--onnx", args.onnx]
+                   "--config-file", args.config_file, "--onnx", args.onnx, *map(str, args.opts)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -170,13 +172,13 @@ def compare(args) -> list[dict]:
     return rows
 
 
-def get_parser(prog: str | None = None, default_images: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+def get_parser(prog: str | None = None, default_images: str | None = None) -> ArgumentParser:
+    """Without --weights EmbedMask runs with random weights keeping every location (the reported detection counts
+    tell how much mask work was timed)."""
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    add_config_arguments(parser)
     parser.add_argument("--images", required=default_images is None, default=default_images,
                         help="a folder of .jpg/.png images to time on")
-    parser.add_argument("--config-file", default="", metavar="FILE",
-                        help="a config file or packaged name (default: the checkpoint's, else "
-                             "EmbedMask/MS_R_50_1x.yaml)")
     parser.add_argument("--input-size", default="", metavar="HxW",
                         help="resize every image to HxW before timing (e.g. 800x1333); default: as stored")
     parser.add_argument("--device", default="cpu")
@@ -184,9 +186,6 @@ def get_parser(prog: str | None = None, default_images: str | None = None) -> ar
                         help="fp16: both models under float16 autocast")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=4, help="timed images per model (after one warm-up)")
-    parser.add_argument("--weights", default="",
-                        help="EmbedMask checkpoint; without one, random weights with every location kept (reported "
-                             "detection counts tell how much mask work was timed)")
     parser.add_argument("--bf16", action="store_true",
                         help="also time EmbedMask with MODEL.INFERENCE_DTYPE bfloat16 (decoding stays float32)")
     parser.add_argument("--onnx", default="", metavar="FILE.onnx",

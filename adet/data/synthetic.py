@@ -26,7 +26,7 @@ FORMAT_VERSION = 2  # bump when the generator changes so cached files are rewrit
 
 
 def _shape_polygon(kind: str, cx: float, cy: float, radius: float, angle: float) -> np.ndarray:
-    """(K, 2) polygon of a shape centred at (cx, cy)."""
+    """(V, 2) polygon (V vertices) of a shape centred at (cx, cy)."""
     if kind == "circle":
         t = np.linspace(0, 2 * math.pi, 48, endpoint=False)
         return np.stack([cx + radius * np.cos(t), cy + radius * np.sin(t)], axis=1)

@@ -23,7 +23,7 @@ def shortest_edge_size(height: int, width: int, short_edge: int, max_size: int) 
 
 
 class GeometricTransform:
-    """Boxes and polygons follow from ``apply_coords`` (a (K, 2) array of x, y points)."""
+    """Boxes and polygons follow from ``apply_coords`` (a (V, 2) array of x, y points)."""
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -57,7 +57,7 @@ class ResizeTransform(GeometricTransform):
         return np.asarray(Image.fromarray(image).resize((self.new_w, self.new_h), Image.BILINEAR))
 
     def apply_coords(self, coords: np.ndarray) -> np.ndarray:
-        """(K, 2) x, y points."""
+        """(V, 2) x, y points."""
         coords = np.asarray(coords, dtype=np.float64).copy()
         coords[:, 0] *= self.new_w * 1.0 / self.w
         coords[:, 1] *= self.new_h * 1.0 / self.h

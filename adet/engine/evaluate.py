@@ -9,6 +9,7 @@ import os
 import torch
 
 from adet.data import MetadataCatalog, build_detection_test_loader
+from adet.data.build import required_datasets
 from adet.evaluation import COCOEvaluator, inference_on_dataset
 from adet.evaluation.confusion import confusion_matrix
 from adet.utils import comm
@@ -51,9 +52,7 @@ def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[s
     Written to ``OUTPUT_DIR/inference/`` (``inference/<dataset>/`` when there are several): the predictions
     (``coco_instances_results.json``), these results (``evaluation_results.json``) and what the ground truth
     excluded (``ground_truth_report.json``)."""
-    names = list(cfg.DATASETS.TEST)
-    if not names:
-        raise ValueError("DATASETS.TEST is empty: nothing to evaluate")
+    names = required_datasets(cfg.DATASETS.TEST, "DATASETS.TEST", "evaluate")
     results = {}
     if cfg.TEST.AUG.ENABLED:
         model = build_tta(cfg, model)

@@ -10,11 +10,11 @@ def lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Per-row Lovasz hinge: a convex surrogate of 1 - IoU of (logits > 0) against binary labels.
 
     Args:
-        logits: (K, P) real scores, P pixels per row.
-        labels: (K, P) 0/1 targets.
+        logits: (P, Q) real scores: P masks, Q pixels per mask.
+        labels: (P, Q) 0/1 targets.
 
     Returns:
-        (K,) loss per row. For a row whose target is empty this reduces to ReLU(max error).
+        (P,) loss per mask. For a row whose target is empty this reduces to ReLU(max error).
     """
     labels = labels.to(logits.dtype)
     errors = 1.0 - logits * (2.0 * labels - 1.0)
@@ -31,9 +31,9 @@ def lovasz_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def lovasz_loss_on_probabilities(probabilities: torch.Tensor, targets: torch.Tensor, eps: float = 1e-6
                                  ) -> torch.Tensor:
-    """(K,) Lovasz hinge on the logits of probabilities clamped to [eps, 1 - eps] (|logit| <= 13.8 for 1e-6).
+    """(P,) Lovasz hinge on the logits of probabilities clamped to [eps, 1 - eps] (|logit| <= 13.8 for 1e-6).
 
-    Args: probabilities and targets of shape (K, ...), flattened per instance.
+    Args: probabilities and targets of shape (P, ...), flattened per mask.
     """
     num = probabilities.shape[0]
     probabilities = probabilities.reshape(num, -1).clamp(min=eps, max=1 - eps)
@@ -42,7 +42,7 @@ def lovasz_loss_on_probabilities(probabilities: torch.Tensor, targets: torch.Ten
 
 
 def dice_loss_on_probabilities(probabilities: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(K,) 1 - 2 sum(p y) / (sum(p^2) + sum(y^2) + 1e-5), the MASK_LOSS_TYPE "Dice" alternative."""
+    """(P,) 1 - 2 sum(p y) / (sum(p^2) + sum(y^2) + 1e-5), the MASK_LOSS_TYPE "Dice" alternative."""
     num = probabilities.shape[0]
     probabilities = probabilities.reshape(num, -1)
     targets = targets.reshape(num, -1).to(probabilities.dtype)

@@ -67,10 +67,10 @@ def level_candidates(locations: torch.Tensor, logits: torch.Tensor, ltrb_px: tor
     top_scores, top_index = masked.topk(torch.sym_min(pre_nms_topk, flat.shape[0]))
     chosen = top_index[top_scores >= 0].sort().values  # (n,) back in location-major order
     location_index, classes = chosen // num_classes, chosen % num_classes
-    ltrb = ltrb_px.reshape(4, -1)[:, location_index]  # (4, n)
+    chosen_ltrb_px = ltrb_px.reshape(4, -1)[:, location_index]  # (4, n)
     points = locations[location_index]  # (n, 2)
-    boxes = torch.stack([points[:, 0] - ltrb[0], points[:, 1] - ltrb[1], points[:, 0] + ltrb[2],
-                         points[:, 1] + ltrb[3]], dim=1)
+    boxes = torch.stack([points[:, 0] - chosen_ltrb_px[0], points[:, 1] - chosen_ltrb_px[1],
+                         points[:, 0] + chosen_ltrb_px[2], points[:, 1] + chosen_ltrb_px[3]], dim=1)
     return boxes, torch.sqrt(flat[chosen]), classes, points, location_index
 
 

@@ -71,14 +71,14 @@ def targets_for_image(locations: torch.Tensor, size_ranges: torch.Tensor, gt: In
                 locations.new_zeros((len(locations), 4)),
                 torch.full((len(locations),), -1, dtype=torch.long, device=locations.device))
     xs, ys = locations[:, 0], locations[:, 1]
-    ltrb = torch.stack([xs[:, None] - boxes[:, 0][None], ys[:, None] - boxes[:, 1][None],
+    ltrb_px = torch.stack([xs[:, None] - boxes[:, 0][None], ys[:, None] - boxes[:, 1][None],
                         boxes[:, 2][None] - xs[:, None], boxes[:, 3][None] - ys[:, None]], dim=2)  # (R, M, 4)
     if center_sample:
         bitmasks = gt.gt_bitmasks_full if gt.has("gt_bitmasks_full") else None
         inside = center_region(boxes, strides, locations_per_level, xs, ys, bitmasks, radius)
     else:
-        inside = ltrb.min(dim=2)[0] > 0
-    max_distance = ltrb.max(dim=2)[0]  # (R, M)
+        inside = ltrb_px.min(dim=2)[0] > 0
+    max_distance = ltrb_px.max(dim=2)[0]  # (R, M)
     in_size_range = (max_distance >= size_ranges[:, [0]]) & (max_distance <= size_ranges[:, [1]])
 
     area_per_location = gt.gt_boxes.area()[None].repeat(len(locations), 1)  # (R, M)
@@ -91,10 +91,10 @@ def targets_for_image(locations: torch.Tensor, size_ranges: torch.Tensor, gt: In
         padded[: masks.shape[0], : masks.shape[1]] = masks
         area_per_location[padded[ys.long(), xs.long()] == 0] = INF
     min_area, gt_index = area_per_location.min(dim=1)
-    ltrb = ltrb[range(len(locations)), gt_index]
+    ltrb_px = ltrb_px[range(len(locations)), gt_index]
     labels = gt.gt_classes[gt_index]
     labels[min_area == INF] = num_classes
-    return labels, ltrb, gt_index
+    return labels, ltrb_px, gt_index
 
 
 @dataclass
@@ -121,9 +121,9 @@ def compute_targets(locations: list[torch.Tensor], gt_instances: list[Instances]
                                                                         "image_index")}
     gt_offset = 0
     for image_index, gt in enumerate(gt_instances):
-        labels, ltrb, gt_index = targets_for_image(all_locations, ranges, gt, num_classes, strides, per_level,
+        labels, ltrb_px, gt_index = targets_for_image(all_locations, ranges, gt, num_classes, strides, per_level,
                                                    center_sample, radius, sample_in_mask)
-        per_image = {"labels": labels, "ltrb_px": ltrb, "gt_index": gt_index + gt_offset,
+        per_image = {"labels": labels, "ltrb_px": ltrb_px, "gt_index": gt_index + gt_offset,
                      "image_index": torch.full_like(labels, image_index)}
         gt_offset += len(gt)
         for key, value in per_image.items():
