@@ -65,3 +65,12 @@ class CheckpointError(WeightFileError):
 
 class TrainingDivergedError(EmbedMaskError, FloatingPointError):
     """A loss became NaN or infinite; the message names the iteration and the term."""
+
+
+class Preempted(EmbedMaskError):
+    """Training stopped on a signal (SIGTERM, SIGUSR1, SIGUSR2) after saving a resumable checkpoint: not a
+    failure. The command exits with 128 + the signal's number, as a process ended by it would."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.exit_code = 128 + signum

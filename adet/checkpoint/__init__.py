@@ -1,12 +1,7 @@
-from .detection_checkpoint import (
-    CheckpointError,
-    DetectionCheckpointer,
-    atomic_save,
-    atomic_write_text,
-    checkpoint_config,
-    read_checkpoint_file,
-    resume_checkpoint,
-)
+from adet.errors import CheckpointError
+
+from .detection_checkpoint import DetectionCheckpointer, checkpoint_config, resume_checkpoint
+from .files import atomic_save, atomic_write_text, read_checkpoint_file, verify_checksums
 from .weight_files import WeightFileError, resolve_weight_path
 
 __all__ = [
@@ -18,5 +13,6 @@ __all__ = [
     "checkpoint_config",
     "read_checkpoint_file",
     "resume_checkpoint",
+    "verify_checksums",
     "resolve_weight_path",
 ]

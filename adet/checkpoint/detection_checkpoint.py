@@ -1,24 +1,18 @@
-"""Load and save model checkpoints in detectron2's format: ``{"model": state_dict, ...}`` (or a bare state dict).
-
-Files are read with ``torch.load(weights_only=True)``: a checkpoint that would need arbitrary code to unpickle is
-refused, never run. Saving is atomic (temporary file, fsync, rename), so an interrupted save never leaves a
-half-written checkpoint behind, and ``last_checkpoint`` always names a complete file.
-"""
+"""Load and save model checkpoints in detectron2's format: ``{"model": state_dict, ...}`` (or a bare state dict);
+reading, verifying and writing the files is ``files.py``'s."""
 
 from __future__ import annotations
 
 import logging
 import os
-import pickle
-import tempfile
 from typing import Any
 
-import torch
 from torch import nn
 
 from adet.config import CfgNode
 from adet.errors import CheckpointError
 
+from .files import atomic_save, atomic_write_text, read_checkpoint_file
 from .official_names import convert_official_state_dict
 from .report import compare_state_dicts
 from .weight_files import (
@@ -35,67 +29,6 @@ logger = logging.getLogger(__name__)
 
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save ``obj`` to ``path`` via a temporary file in the same folder and an atomic rename."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pth", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(text: str, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_checkpoint_file(path: str) -> dict[str, Any]:
-    """The checkpoint at ``path`` as a dict with a ``"model"`` state dict (a bare state dict is wrapped)."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f"{path}: no such checkpoint file")
-    with open(path, "rb") as f:
-        head = f.read(64)
-    # torch.save writes a zip archive (legacy files: a pickle, whose first byte is the 0x80 protocol marker).
-    if not head:
-        raise CheckpointError(f"{path}: the file is empty")
-    if not head.startswith((b"PK\x03\x04", b"\x80")):
-        shown = head[:24].decode("utf-8", "replace").splitlines()[0] if head[:1].isascii() else head[:8].hex()
-        raise CheckpointError(f"{path}: not a torch checkpoint (it starts with {shown!r}); expected a .pth file "
-                              "written by torch.save")
-    try:
-        # Memory-mapped when the file allows: reading a config or checking a file before loading it costs little.
-        data = torch.load(path, map_location="cpu", weights_only=True, mmap=head.startswith(b"PK\x03\x04"))
-    except pickle.UnpicklingError as e:
-        reason = str(e).strip().splitlines()
-        detail = next((line for line in reason if "Unsupported global" in line), reason[0] if reason else "")
-        raise CheckpointError(f"{path}: refused: it contains Python objects that would need arbitrary code to "
-                              f"unpickle ({detail.strip()}); only tensors and plain containers are loaded") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a dict, found a {type(data).__name__}")
-    if "model" not in data:
-        if not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-            raise CheckpointError(f"{path}: neither a {{'model': state_dict}} checkpoint nor a bare state dict")
-        data = {"model": data}
-    if not isinstance(data["model"], dict):
-        raise CheckpointError(f"{path}: its 'model' entry is a {type(data['model']).__name__}, not a state dict")
-    return data
 
 
 def checkpoint_config(weights: str) -> CfgNode | None:

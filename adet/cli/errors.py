@@ -9,7 +9,8 @@ import sys
 import traceback
 from typing import Callable
 
-from adet.errors import EmbedMaskError
+from adet.errors import EmbedMaskError, Preempted
+from adet.utils import comm
 
 
 def _user_error_names() -> set[str]:
@@ -52,7 +53,12 @@ def one_line(error: BaseException) -> str:
 
 def report_error(error: BaseException, prefix: str = "", show: bool = True) -> int:
     """Print ``error: {prefix}...`` (when ``show``) and return the exit status: 2 for a problem with the input, 1 for
-    anything unexpected, whose traceback goes to the log file (and to stderr with EMBEDMASK_DEBUG=1)."""
+    anything unexpected, whose traceback goes to the log file (and to stderr with EMBEDMASK_DEBUG=1). A run stopped
+    on a signal (:class:`Preempted`) is not an error: rank 0 says where it stopped, and the status is 128 + signum."""
+    if isinstance(error, Preempted):
+        if show and comm.get_rank() == 0:
+            print(str(error), file=sys.stderr)
+        return error.exit_code
     expected = is_user_error(error)
     if show:
         message = one_line(error)
@@ -78,6 +84,6 @@ def run_cli(main: Callable[[list[str] | None], object], argv: list[str] | None =
     except SystemExit as e:  # argparse's usage errors and a launcher's exit status
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 2)
     except Exception as e:  # noqa: BLE001 - the one place where any failure becomes one line
-        # Under torchrun every process checks the command line: rank 0 alone reports what they all found.
-        return report_error(e, show=os.environ.get("RANK", "0") == "0")
+        # Under torchrun and srun every process checks the command line: rank 0 alone reports what they all found.
+        return report_error(e, show=os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")) == "0")
     return 0

@@ -19,6 +19,7 @@ import torch
 from adet.checkpoint import checkpoint_config
 from adet.config import CfgNode, get_cfg
 from adet.data import DatasetCatalog, MetadataCatalog, coco_class_names, register_coco_instances
+from adet.engine.launch import LAUNCHERS
 from adet.errors import DatasetError
 from adet.model_zoo import get_config_file
 
@@ -66,6 +67,10 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
     parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine (0 .. machines-1)")
     parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+    parser.add_argument("--launcher", default="auto", choices=LAUNCHERS,
+                        help="spawn: start --num-gpus processes here; torchrun / slurm: join the group torchrun or "
+                             "srun started (one process per GPU); auto (default): torchrun under torchrun, slurm "
+                             "under srun with several tasks, else spawn")
 
 
 def register_datasets_from_args(specs: list[str], quiet: bool = False) -> list[str]:

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+
+import torch
 
 from adet.checkpoint import DetectionCheckpointer, resume_checkpoint
 from adet.data.build import check_num_classes, required_datasets
 from adet.engine.defaults import default_setup
 from adet.engine.evaluate import evaluate_datasets
-from adet.engine.launch import check_devices, launch, launched_by_torchrun
+from adet.engine.launch import check_devices, dist_timeout, launch, leader_rank, restart_count, world_size_of
+from adet.engine.run_claim import RunClaim, archive_earlier_run
 from adet.engine.trainer import train
 from adet.modeling import build_model, prepare_for_inference
 from adet.utils.logger import setup_logger
@@ -77,8 +79,7 @@ def preflight(cfg, args: argparse.Namespace) -> None:
     """Everything that can be checked before work starts (``preflight.py``), once, in this process."""
     check.check_device(cfg.MODEL.DEVICE)
     check_devices(args.num_gpus, cfg.MODEL.DEVICE)
-    world_size = int(os.environ["WORLD_SIZE"]) if launched_by_torchrun() else args.num_gpus * args.num_machines
-    check.check_config_values(cfg, world_size)
+    check.check_config_values(cfg, world_size_of(args.launcher, args.num_gpus, args.num_machines))
     check.check_output_folder(cfg.OUTPUT_DIR, "OUTPUT_DIR")
     if args.eval_only:
         if not (args.resume and resume_checkpoint(cfg.OUTPUT_DIR)):
@@ -95,23 +96,42 @@ def preflight(cfg, args: argparse.Namespace) -> None:
         logger.info("--resume: nothing was saved in %s yet; starting from MODEL.WEIGHTS", cfg.OUTPUT_DIR)
     if resume_from is None:
         check.check_weights(cfg.MODEL.WEIGHTS, required=False)
-    if not args.resume and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")):
-        logger.warning("%s already holds a training run; this one starts afresh: checkpoints of the same names are "
-                       "replaced as it saves its own and metrics.json is appended to. Pass --resume to continue "
-                       "that run instead, or choose another OUTPUT_DIR.", cfg.OUTPUT_DIR)
+
+
+def archive_if_fresh(cfg, args: argparse.Namespace) -> None:
+    """After the claim: a fresh run moves an earlier run's metrics aside."""
+    if not args.resume:
+        moved = archive_earlier_run(cfg.OUTPUT_DIR)
+        if moved:
+            logger.warning("%s holds an earlier training run; this one starts afresh (pass --resume to continue "
+                           "that one instead): its %s moved aside, checkpoints of the same names are replaced",
+                           cfg.OUTPUT_DIR, " and ".join(moved))
 
 
 def main(argv: list[str] | None = None, prog: str | None = None, eval_only: bool = False):
     """Parse, resolve and check the config once, then run :func:`worker` in every process. Returns the
     evaluation results (of this process; {} on ranks other than 0)."""
     args = build_parser(prog, eval_only).parse_args(argv)
-    setup_logger()  # config notices are shown now and written to log.txt once OUTPUT_DIR is known
     check.check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
+    leader = leader_rank(args.launcher, args.machine_rank) == 0
+    setup_logger(rank=0 if leader else 1)  # config notices now; into log.txt once OUTPUT_DIR is known
     cfg = config_from_args(args)
+    if not args.eval_only and restart_count() and not args.resume:
+        args.resume = True  # a restarted job continues its run, checked as a resume
+        logger.info("Restart %d of this job: resuming from the last checkpoint in %s", restart_count(),
+                    cfg.OUTPUT_DIR)
     preflight(cfg, args)
-    return launch(worker, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-                  dist_url=args.dist_url, args=(cfg, args), use_cuda=cfg.MODEL.DEVICE.startswith("cuda"),
-                  report_error=report_error)
+    use_cuda = cfg.MODEL.DEVICE.startswith("cuda")
+    timeout = dist_timeout(cfg.DIST_TIMEOUT, use_cuda and torch.cuda.is_available())
+    run = (worker, args.num_gpus)
+    options = {"num_machines": args.num_machines, "machine_rank": args.machine_rank, "dist_url": args.dist_url,
+               "args": (cfg, args), "use_cuda": use_cuda, "timeout": timeout, "report_error": report_error,
+               "launcher": args.launcher}
+    if args.eval_only or not leader:
+        return launch(*run, **options)
+    with RunClaim(cfg.OUTPUT_DIR):
+        archive_if_fresh(cfg, args)
+        return launch(*run, **options)
 
 
 def eval_main(argv: list[str] | None = None, prog: str | None = None):

@@ -171,6 +171,9 @@ _C.SEED = -1
 # itself), deterministic cuDNN, a fixed cuBLAS workspace, and the upsampling gradient without atomic adds on CUDA.
 # CPU training with a fixed SEED is bit-reproducible for a given thread count without it.
 _C.DETERMINISTIC = False
+# Timeout in seconds of every collective between processes (a dead process ends the others' wait after it); 0: 1800
+# with NCCL (GPUs), 300 with gloo (CPU processes). Waiting for rank 0's evaluation is allowed longer (4 hours).
+_C.DIST_TIMEOUT = 0
 # torch.backends.cudnn.benchmark: faster convolutions for inputs of few distinct sizes, not bit-reproducible.
 _C.CUDNN_BENCHMARK = False
 # torch.set_float32_matmul_precision: "" leaves torch's default, else "highest", "high" (TF32) or "medium".

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Sequence
 
 import numpy as np
@@ -23,6 +24,14 @@ logger = logging.getLogger(__name__)
 def trivial_batch_collator(batch: list) -> list:
     """Batches stay lists of dicts: images of different sizes are padded inside the model."""
     return batch
+
+
+def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
+    """Data-loader workers ignore the stop signals (SIGTERM, SIGUSR1, SIGUSR2: a cluster's preemption, sent to every
+    process of the job): the training process stops at an iteration boundary and shuts them down. torch's worker
+    handler would end them at once, and the batch the stop checkpoint waits for with them."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def required_datasets(names: Sequence[str], key: str, purpose: str) -> tuple[str, ...]:
@@ -116,7 +125,7 @@ def build_detection_train_loader(cfg, seed: int, start_iter: int = 0) -> torchda
                                    start_iter)
     dataset = MapDataset(dicts, DatasetMapper.from_config(cfg, is_train=True), seed)
     return torchdata.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                collate_fn=trivial_batch_collator, persistent_workers=cfg.DATALOADER.NUM_WORKERS > 0)
+                                collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer)
 
 
 def build_detection_test_loader(cfg, dataset_name: str, mapper=None, num_workers: int | None = None
@@ -126,4 +135,4 @@ def build_detection_test_loader(cfg, dataset_name: str, mapper=None, num_workers
     dataset = MapDataset(dicts, mapper or DatasetMapper.from_config(cfg, is_train=False))
     workers = cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers
     return torchdata.DataLoader(dataset, batch_size=1, sampler=InferenceSampler(len(dataset)), num_workers=workers,
-                                collate_fn=trivial_batch_collator)
+                                collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer)

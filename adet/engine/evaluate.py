@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+from typing import Callable
 
 import torch
 
@@ -47,8 +48,10 @@ def write_confusion_matrix(evaluator: COCOEvaluator, class_names: list[str] | No
     plot_confusion_matrix(matrix, names, prefix + ".png")
 
 
-def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[str, float]]]:
-    """{dataset: {"bbox": {...}, "segm": {...}, "ground_truth": {...}}} on the main process ({} elsewhere).
+def evaluate_datasets(cfg, model: torch.nn.Module, should_stop: Callable[[], bool] | None = None
+                      ) -> dict[str, dict[str, dict[str, float]]] | None:
+    """{dataset: {"bbox": {...}, "segm": {...}, "ground_truth": {...}}} on the main process ({} elsewhere); None
+    when ``should_stop()`` interrupted it (a stop signal during a training run's evaluation).
     Written to ``OUTPUT_DIR/inference/`` (``inference/<dataset>/`` when there are several): the predictions
     (``coco_instances_results.json``), these results (``evaluation_results.json``) and what the ground truth
     excluded (``ground_truth_report.json``)."""
@@ -62,7 +65,9 @@ def evaluate_datasets(cfg, model: torch.nn.Module) -> dict[str, dict[str, dict[s
         folder = os.path.join(cfg.OUTPUT_DIR, "inference", name if len(names) > 1 else "")
         loader = build_detection_test_loader(cfg, name)
         evaluator = COCOEvaluator(name, output_dir=folder)
-        results[name] = inference_on_dataset(model, loader, evaluator)
+        results[name] = inference_on_dataset(model, loader, evaluator, should_stop)
+        if results[name] is None:
+            return None
         if comm.is_main_process():
             with open(os.path.join(folder, "evaluation_results.json"), "w") as f:
                 json.dump(results[name], f, indent=1)

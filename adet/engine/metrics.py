@@ -30,6 +30,28 @@ def flatten_results(results: dict) -> dict[str, float]:
     return flat
 
 
+def drop_records_from(path: str, iteration: int) -> None:
+    """Remove the records of ``iteration`` and later from a metrics.json: what a killed run logged after its last
+    checkpoint, which the resumed run logs again."""
+    if not os.path.isfile(path):
+        return
+    with open(path, encoding="utf-8") as f:
+        lines = f.readlines()
+    kept = []
+    for line in lines:
+        try:
+            if json.loads(line).get("iteration", -1) >= iteration:
+                continue
+        except ValueError:  # a line cut short by the kill
+            continue
+        kept.append(line)
+    if len(kept) != len(lines):
+        temporary = path + ".tmp"
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.writelines(kept)
+        os.replace(temporary, path)
+
+
 class MetricsWriter:
     def __init__(self, output_dir: str | None, max_iter: int, start_iter: int):
         self.output_dir = output_dir
@@ -42,6 +64,8 @@ class MetricsWriter:
         if output_dir:
             os.makedirs(output_dir, exist_ok=True)
             self.json_path = os.path.join(output_dir, "metrics.json")
+            if start_iter > 0:
+                drop_records_from(self.json_path, start_iter)
             try:
                 # Imported only by the process that writes events: it loads tensorboard and protobuf.
                 from torch.utils.tensorboard import SummaryWriter

@@ -2,7 +2,8 @@
 
 The initial weights follow from the seed, and every iteration's randomness (data order, augmentation, proposal
 sampling) from (seed, iteration): a run with SEED >= 0 is repeatable, and one resumed from a checkpoint produces the
-same losses as one that never stopped.
+same losses as one that never stopped. A stop signal (``preemption.py``) ends the run at an iteration boundary with
+a resumable checkpoint of that iteration.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import logging
 import math
 import os
 import random
+import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -23,13 +25,14 @@ from adet.checkpoint import DetectionCheckpointer, resume_checkpoint
 from adet.config import CfgNode
 from adet.data import MetadataCatalog, build_detection_train_loader
 from adet.data.build import check_num_classes
-from adet.errors import TrainingDivergedError
+from adet.errors import Preempted, TrainingDivergedError
 from adet.modeling import build_model
 from adet.modeling.embedmask import EmbedMask
 from adet.solver import WarmupLRScheduler, build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
 from adet.utils import comm
 from adet.utils.plots import plot_training_curves
 
+from . import preemption
 from .evaluate import evaluate_datasets
 from .metrics import MetricsWriter
 
@@ -114,6 +117,9 @@ class TrainingState:
     loader: torch.utils.data.DataLoader
     start_iter: int
     seed: int
+    # The checkpoint resumed from was written when a stop signal cut the evaluation of its iteration short: the
+    # resumed run evaluates that iteration first.
+    pending_evaluation: bool = False
 
 
 def remove_stale_temporaries(output_dir: str) -> None:
@@ -129,6 +135,7 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     optimizer, schedule, iteration and data order) or initialised from MODEL.WEIGHTS."""
     world_size = comm.get_world_size()
     cfg = scale_for_world_size(cfg, world_size)
+    preemption.install_handlers()
     configure_determinism(cfg)
     seed = shared_seed(cfg.SEED)
     seed_rng(seed)  # the initial weights too are a function of the seed, whoever calls this
@@ -146,10 +153,11 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     if resume_from is not None:
         extra = checkpointer.load(resume_from)
         start_iter, seed = int(extra["iteration"]) + 1, int(extra["seed"])
+        pending_evaluation = bool(extra.get("evaluation_pending", False))
         logger.info("Resuming from %s at iteration %d", resume_from, start_iter)
     else:
         checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
-        start_iter = 0
+        start_iter, pending_evaluation = 0, False
     loader = build_detection_train_loader(cfg, seed, start_iter)
     model.class_names, model.category_ids = dataset_classes(cfg)
     train_model = model
@@ -160,7 +168,7 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
             warnings.simplefilter("ignore", FutureWarning)
             train_model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
     return TrainingState(cfg, model, train_model, optimizer, scheduler, scaler, checkpointer, loader, start_iter,
-                         seed)
+                         seed, pending_evaluation)
 
 
 def train_step(state: TrainingState, data: list[dict], iteration: int) -> tuple[dict[str, torch.Tensor], float]:
@@ -219,10 +227,11 @@ def save_if_best(state: TrainingState, results: dict, iteration: int, extra: dic
 def periodic_work(state: TrainingState, iteration: int, writer: MetricsWriter, best: float,
                   config_text: str) -> tuple[dict, float]:
     """Checkpoints (every SOLVER.CHECKPOINT_PERIOD iterations and at the last), model_final.pth, and evaluations
-    (every TEST.EVAL_PERIOD and at the last) with model_best.pth. Returns (results or {}, best metric so far)."""
+    (every TEST.EVAL_PERIOD and at the last) with model_best.pth. Returns (results: {} when there was no evaluation,
+    None when a stop signal cut it short; the best metric so far)."""
     cfg = state.cfg
     last = iteration == cfg.SOLVER.MAX_ITER - 1
-    extra = {"iteration": iteration, "seed": state.seed, "config": config_text}
+    extra = checkpoint_extra(state, iteration, config_text)
     period = cfg.SOLVER.CHECKPOINT_PERIOD
     if period > 0 and ((iteration + 1) % period == 0 or last):
         state.checkpointer.save(f"model_{iteration:07d}", **extra)  # resumable
@@ -231,11 +240,69 @@ def periodic_work(state: TrainingState, iteration: int, writer: MetricsWriter, b
     eval_period = cfg.TEST.EVAL_PERIOD
     if not cfg.DATASETS.TEST or not (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
         return {}, best
-    results = evaluate_datasets(cfg, state.model)
-    writer.write_evaluation(iteration, results)
-    best = save_if_best(state, results, iteration, extra, best)
+    return evaluate(state, iteration, writer, best, extra)
+
+
+def evaluate(state: TrainingState, iteration: int, writer: MetricsWriter, best: float, extra: dict
+             ) -> tuple[dict | None, float]:
+    """Evaluate the weights of ``iteration`` and keep model_best.pth; (None, best) when a stop signal cut it short."""
+    results = evaluate_datasets(state.cfg, state.model, should_stop=preemption.stop_requested)
+    comm.wait_for_evaluation()  # rank 0 may score for long: the others wait here, not in a training collective
     state.train_model.train()
-    return results, best
+    if results is None:
+        return None, best
+    writer.write_evaluation(iteration, results)
+    return results, save_if_best(state, results, iteration, extra, best)
+
+
+def checkpoint_extra(state: TrainingState, iteration: int, config_text: str) -> dict:
+    """What a checkpoint of ``iteration`` holds besides the model and the optimizer state."""
+    return {"iteration": iteration, "seed": state.seed, "config": config_text}
+
+
+def stop_on_signal(state: TrainingState, iteration: int, signum: int, config_text: str,
+                   evaluation_pending: bool = False) -> None:
+    """Save a resumable checkpoint of ``iteration`` (unless the periodic one just did; marked when its evaluation
+    is still to be done), requeue the SLURM job when asked, and raise :class:`Preempted` on every process once rank
+    0 has saved."""
+    name = f"model_{iteration:07d}"
+    path = os.path.join(state.cfg.OUTPUT_DIR, f"{name}.pth")
+    if evaluation_pending or state.checkpointer.get_checkpoint_file() != path:
+        start = time.perf_counter()
+        extra = checkpoint_extra(state, iteration, config_text)
+        state.checkpointer.save(name, **extra, **({"evaluation_pending": True} if evaluation_pending else {}))
+        if comm.is_main_process():
+            logger.info("Stop checkpoint written in %.2f s", time.perf_counter() - start)
+    requeued = ""
+    if comm.is_main_process() and preemption.requeue_requested():
+        requeued = "; " + preemption.requeue_slurm_job()
+    comm.wait_for_evaluation()  # the others exit only once the checkpoint is complete
+    message = (f"stopped by {signal.Signals(signum).name} after iteration {iteration}: resumable checkpoint {path}"
+               f"{requeued}; continue with --resume (a torchrun or SLURM restart resumes by itself)")
+    logger.info("%s", message)
+    raise Preempted(message, signum)
+
+
+def evaluate_pending(state: TrainingState, writer: MetricsWriter, best: float, config_text: str
+                     ) -> tuple[dict, float]:
+    """The evaluation of the iteration resumed from, which a stop signal had interrupted."""
+    iteration = state.start_iter - 1
+    logger.info("Evaluating iteration %d first: a stop signal interrupted its evaluation", iteration)
+    evaluation, best = evaluate(state, iteration, writer, best, checkpoint_extra(state, iteration, config_text))
+    stop_if_asked(state, iteration, config_text, evaluation is None)
+    return evaluation or {}, best
+
+
+def stop_if_asked(state: TrainingState, iteration: int, config_text: str, evaluation_interrupted: bool,
+                  writer: MetricsWriter | None = None) -> None:
+    """At an iteration boundary: when any process received a stop signal (the same answer on every process),
+    stop with a checkpoint of ``iteration``. After the last iteration there is nothing to save unless its
+    evaluation was cut short."""
+    signum = preemption.agree_to_stop()
+    if signum and (iteration < state.cfg.SOLVER.MAX_ITER - 1 or evaluation_interrupted):
+        if writer is not None:
+            writer.close()
+        stop_on_signal(state, iteration, signum, config_text, evaluation_pending=evaluation_interrupted)
 
 
 def run_training(state: TrainingState, log_period: int = 20) -> dict:
@@ -244,27 +311,35 @@ def run_training(state: TrainingState, log_period: int = 20) -> dict:
     writer = MetricsWriter(cfg.OUTPUT_DIR if comm.is_main_process() else None, max_iter, state.start_iter)
     logger.info("Training %d iterations from %d (seed %d, %d process(es), %d images per step)", max_iter,
                 state.start_iter, state.seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
+    results, best = {}, read_best(cfg.OUTPUT_DIR)
+    config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long to repeat per iteration
+    if state.pending_evaluation:
+        results, best = evaluate_pending(state, writer, best, config_text)
     if state.start_iter >= max_iter:
         logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
                     "SOLVER.MAX_ITER to train further.", state.start_iter, max_iter)
-        return {}
-    results, best = {}, read_best(cfg.OUTPUT_DIR)
-    config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long to repeat per iteration
+        return results
     state.train_model.train()
     data_iter = iter(state.loader)
-    with writer.progress():
-        for iteration in range(state.start_iter, max_iter):
-            tic = time.perf_counter()
-            data = next(data_iter)
-            data_time = time.perf_counter() - tic
-            loss_dict, lr = train_step(state, data, iteration)
-            if (iteration + 1) % log_period == 0 or iteration in (state.start_iter, max_iter - 1):
-                writer.write_iteration(iteration, reduce_for_logging(loss_dict), lr, time.perf_counter() - tic,
-                                       data_time)
-            else:
-                writer.tick(iteration, time.perf_counter() - tic)
-            evaluation, best = periodic_work(state, iteration, writer, best, config_text)
-            results = evaluation or results
+    try:
+        with writer.progress():
+            for iteration in range(state.start_iter, max_iter):
+                tic = time.perf_counter()
+                data = next(data_iter)
+                data_time = time.perf_counter() - tic
+                loss_dict, lr = train_step(state, data, iteration)
+                if (iteration + 1) % log_period == 0 or iteration in (state.start_iter, max_iter - 1):
+                    writer.write_iteration(iteration, reduce_for_logging(loss_dict), lr, time.perf_counter() - tic,
+                                           data_time)
+                else:
+                    writer.tick(iteration, time.perf_counter() - tic)
+                evaluation, best = periodic_work(state, iteration, writer, best, config_text)
+                results = evaluation or results
+                stop_if_asked(state, iteration, config_text, evaluation is None, writer)
+    finally:
+        # Shut the loader's workers down now, however the loop ended: they ignore stop signals, so the interpreter's
+        # exit, which ends worker processes with SIGTERM, would wait on them.
+        del data_iter
     writer.close()
     if comm.is_main_process():
         written = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR,

@@ -23,7 +23,7 @@ from adet.data.coco import xywh_box
 from adet.data.validation import load_coco, validate_coco
 from adet.errors import ConfigError
 from adet.structures import Instances
-from adet.utils.comm import all_gather, is_main_process, synchronize
+from adet.utils.comm import all_gather, is_main_process
 
 logger = logging.getLogger(__name__)
 
@@ -137,6 +137,8 @@ class COCOEvaluator:
     def reset(self) -> None:
         self._predictions: list[dict] = []
         self._skipped: list[tuple] = []
+        # Set when this process stopped early (a stop signal): then no process's partial results are scored.
+        self.interrupted = False
 
     def skip(self, inputs: list[dict]) -> None:
         """Images that could not be used (``{"skipped": reason, "image_id": ...}``): excluded from evaluation."""
@@ -149,17 +151,22 @@ class COCOEvaluator:
             if self.tasks is None:
                 self.tasks = ("bbox", "segm") if instances.has("pred_masks") else ("bbox",)
 
-    def evaluate(self) -> dict[str, dict[str, float]]:
-        predictions, skipped = self._predictions, self._skipped
+    def evaluate(self) -> dict[str, dict[str, float]] | None:
+        """The results on the main process ({} elsewhere), or None when any process was :attr:`interrupted`."""
+        predictions, skipped, interrupted = self._predictions, self._skipped, self.interrupted
         tasks = self.tasks or ("bbox", "segm")
         if self.distributed:
-            synchronize()
-            gathered = all_gather((predictions, tasks, skipped))
-            predictions = [p for part, _, _ in gathered for p in part]
-            skipped = [s for _, _, part in gathered for s in part]
-            tasks = next((t for _, t, _ in gathered if t), tasks)
+            gathered = all_gather((predictions, tasks, skipped, interrupted))
+            predictions = [p for part, _, _, _ in gathered for p in part]
+            skipped = [s for _, _, part, _ in gathered for s in part]
+            tasks = next((t for _, t, _, _ in gathered if t), tasks)
+            interrupted = any(stopped for _, _, _, stopped in gathered)
             if not is_main_process():
-                return {}
+                return None if interrupted else {}
+        if interrupted:
+            logger.warning("Evaluation on %s was interrupted by a stop signal: its partial results are dropped",
+                           self.dataset_name)
+            return None
         to_dataset_id = {v: k for k, v in self.metadata.get("thing_dataset_id_to_contiguous_id", {}).items()}
         for p in predictions:
             p["category_id"] = to_dataset_id.get(p["category_id"], p["category_id"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -14,8 +15,10 @@ from adet.utils.comm import get_world_size, is_main_process
 logger = logging.getLogger(__name__)
 
 
-def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict:
-    """Evaluate ``model`` (put in eval mode) on every batch of ``data_loader``; returns ``evaluator.evaluate()``.
+def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator,
+                         should_stop: Callable[[], bool] | None = None) -> dict | None:
+    """Evaluate ``model`` (put in eval mode) on every batch of ``data_loader``; returns ``evaluator.evaluate()``,
+    or None when ``should_stop()`` turned true on some process before the end (its results are dropped).
 
     Progress is a tqdm bar on a terminal and a log line every ~10 s otherwise (main process only).
     """
@@ -33,6 +36,9 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict
     try:
         with torch.inference_mode():
             for index, inputs in enumerate(data_loader):
+                if should_stop is not None and should_stop():
+                    evaluator.interrupted = True
+                    break
                 skipped = [x for x in inputs if "skipped" in x]  # images that could not be used (already warned)
                 if skipped:
                     evaluator.skip(skipped)
@@ -57,5 +63,4 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator) -> dict
     elapsed = time.perf_counter() - start
     logger.info("Total inference time: %.1f s (%.3f s / img per process; model %.3f s / img)", elapsed,
                 elapsed / max(total, 1), compute_time / max(total, 1))
-    results = evaluator.evaluate()
-    return results if results is not None else {}
+    return evaluator.evaluate()
