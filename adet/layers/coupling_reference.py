@@ -19,17 +19,8 @@ def compute_dtype(*tensors: torch.Tensor) -> torch.dtype:
 
 def mask_probability_reference(pixel_embeddings: torch.Tensor, proposal_embeddings: torch.Tensor,
                                proposal_margins: torch.Tensor, image_indices: torch.Tensor) -> torch.Tensor:
-    """Dense PyTorch coupling, the reference every faster path is tested against.
-
-    Args:
-        pixel_embeddings: (N, D, H, W) per-pixel embeddings of N images.
-        proposal_embeddings: (P, D) one embedding per proposal.
-        proposal_margins: (P, D) positive per-dimension weights (precisions) per proposal.
-        image_indices: (P,) int64 index into N of each proposal's image.
-
-    Returns:
-        (P, H, W) probabilities in [0, 1].
-    """
+    """Dense PyTorch coupling, the reference every faster path is tested against: (P, H, W) probabilities in
+    [0, 1], with the arguments of :func:`adet.layers.coupling.mask_probability`."""
     dtype = compute_dtype(pixel_embeddings, proposal_embeddings, proposal_margins)
     pixel_embeddings = pixel_embeddings.to(dtype)
     proposal_embeddings, proposal_margins = proposal_embeddings.to(dtype), proposal_margins.to(dtype)
