@@ -90,3 +90,36 @@ def _restore_logging():
         logger.removeHandler(handler)
         handler.close()
     logger.propagate = True
+
+
+def _children_of(pid: int) -> list[tuple[int, str]]:
+    children = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                command = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+        except (OSError, ValueError, IndexError):
+            continue
+        if parent == pid and "resource_tracker" not in command:  # the tracker ends with this process
+            children.append((int(entry), command))
+    return children
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """A process a test left running fails the run by name (and is ended): left alone it would keep the test
+    process from exiting, which on CI reads as a timeout with every test passed."""
+    import signal
+
+    if not os.path.isdir("/proc"):
+        return
+    left = _children_of(os.getpid())
+    for pid, command in left:
+        print(f"\nerror: a test left process {pid} running: {command}", file=sys.stderr)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if left:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

@@ -153,7 +153,14 @@ def test_a_stop_signal_saves_the_iteration_and_resume_continues_exactly(signum, 
                                                                         one_process_reference):
     stop_after = random.Random(int(signum)).randint(2, 8)
     output_dir = tmp_path / "run"
-    process = start(tiny_train_args(tiny_data, output_dir, *STEPS))
+    env = {}
+    if signum == signal.SIGUSR1:  # as #SBATCH --signal=USR1 with EMBEDMASK_REQUEUE=1: requeued after the save
+        scontrol = tmp_path / "bin" / "scontrol"
+        scontrol.parent.mkdir()
+        scontrol.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path / 'requeued'}\n")
+        scontrol.chmod(0o755)
+        env = {"EMBEDMASK_REQUEUE": "1", "SLURM_JOB_ID": "555", "PATH": f"{scontrol.parent}:{os.environ['PATH']}"}
+    process = start(tiny_train_args(tiny_data, output_dir, *STEPS), **env)
     wait_for_iteration(output_dir, stop_after, process)
     sent = time.time()
     process.send_signal(signum)
@@ -166,6 +173,8 @@ def test_a_stop_signal_saves_the_iteration_and_resume_continues_exactly(signum, 
     iteration = int(saved[len("model_"):-len(".pth")])
     assert iteration >= stop_after and not (output_dir / "model_final.pth").exists()
     assert f"stopped by {signal.Signals(signum).name} after iteration {iteration}" in output
+    if env:
+        assert "; job 555 requeued;" in output and (tmp_path / "requeued").read_text() == "requeue 555\n"
     assert "Traceback" not in output and not [f for f in os.listdir(output_dir) if f.startswith(".tmp")]
     resumed = start(["--resume", *tiny_train_args(tiny_data, output_dir, *STEPS)])
     assert finish(resumed) == 0, output_of(resumed)[-3000:]
@@ -444,3 +453,22 @@ def test_a_stop_signal_during_an_evaluation_stops_promptly_and_the_resume_evalua
         records = list(map(json.loads, f))
     assert [r["iteration"] for r in records if "segm/AP" in r] == [2, 5]
     assert sorted({r["iteration"] for r in records if "total_loss" in r}) == list(range(6))
+
+
+def test_requeue_asks_scontrol_for_this_job(tmp_path, monkeypatch):
+    from adet.engine import preemption
+
+    calls = tmp_path / "calls.txt"
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    monkeypatch.setenv("SLURM_JOB_ID", "31337")
+    assert preemption.requeue_slurm_job() == "job 31337 requeued"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "31000")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "7")
+    assert preemption.requeue_slurm_job() == "job 31000_7 requeued"  # an array task requeues itself only
+    assert calls.read_text().splitlines() == ["requeue 31337", "requeue 31000_7"]
+    monkeypatch.delenv("SLURM_JOB_ID")
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID")
+    assert "not a SLURM job" in preemption.requeue_slurm_job()

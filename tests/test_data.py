@@ -142,3 +142,20 @@ def test_mapper_train_resizes_flips_and_drops_crowd_and_empty(tmp_path):
     test_mapper = DatasetMapper.from_config(make_tiny_cfg(), is_train=False)
     out = test_mapper(record)
     assert out["image"].shape == (3, 80, 160) and "instances" not in out and out["height"] == 50
+
+
+def test_a_process_holding_a_loader_iterator_still_exits():
+    """The loaders' workers ignore SIGTERM (the trainer stops them itself), which is what multiprocessing ends them
+    with at exit: an iterator kept alive to the end (by a traceback, a global) must not make the exit wait forever."""
+    import subprocess
+    import sys
+
+    program = ("import torch.utils.data as d\n"
+               "from adet.data.build import leave_stop_signals_to_the_trainer\n"
+               "loader = d.DataLoader(range(1000), num_workers=2, worker_init_fn=leave_stop_signals_to_the_trainer)\n"
+               "held = iter(loader)\n"
+               "held.cycle = held\n"  # only a garbage collection would free it, and none comes before the exit
+               "print(int(next(held)))\n")
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0 and done.stdout.strip() == "0", done.stderr[-2000:]

@@ -221,3 +221,26 @@ def test_best_checkpoint_by_segm_ap_and_a_finished_run_resumes_to_nothing(tiny_d
     after = {name: os.path.getmtime(output_dir / name) for name in os.listdir(output_dir) if name.endswith(".pth")}
     assert after == before
     assert "Training already finished (iteration 6 of SOLVER.MAX_ITER 6)" in (output_dir / "log.txt").read_text()
+
+
+def test_a_failed_training_in_a_python_session_leaves_no_workers_and_the_sigterm_handler(tiny_data, tmp_path,
+                                                                                           capsys):
+    """Training from Python (a notebook, a test) that fails mid-way: the loader's workers (which ignore SIGTERM)
+    are gone, and SIGTERM means again what it meant before."""
+    import multiprocessing
+    import shutil
+    import signal
+
+    from adet.cli.errors import run_cli
+
+    images = tmp_path / "images"
+    shutil.copytree(tiny_data["root"] / "shapes", images)
+    for image in images.iterdir():
+        image.write_bytes(b"junk")
+    before = signal.getsignal(signal.SIGTERM)
+    args = tiny_train_args({"dataset": f"cut={tiny_data['json']}:{images}"}, tmp_path / "out",
+                           "DATASETS.TRAIN", "('cut',)", "DATALOADER.NUM_WORKERS", "2", "SOLVER.MAX_ITER", "40")
+    code = run_cli(load_tool("tools/train_net.py").cli, args)
+    assert code == 2 and "unusable training images in a row" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGTERM) is before
+    assert [child for child in multiprocessing.active_children() if child.daemon] == []

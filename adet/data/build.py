@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing.util  # its exit hook is registered before ours, which must run first
 import os
 import signal
 from typing import Sequence
@@ -32,6 +34,28 @@ def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     handler would end them at once, and the batch the stop checkpoint waits for with them."""
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _ignores_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
+    except (OSError, StopIteration, ValueError):
+        return False
+    return bool(ignored >> (signal.SIGTERM - 1) & 1)
+
+
+@atexit.register
+def _end_workers_left_running() -> None:
+    """At exit, multiprocessing ends daemonic children with SIGTERM and joins them: a loader whose iterator is still
+    referenced (by a traceback, say) would keep this process from ever exiting, its workers ignoring SIGTERM."""
+    left = [child for child in multiprocessing.active_children()
+            if child.daemon and child.pid is not None and _ignores_sigterm(child.pid)]
+    if left:
+        # torch's SIGCHLD handler would report each as a worker killed by a signal
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    for child in left:
+        child.kill()
 
 
 def required_datasets(names: Sequence[str], key: str, purpose: str) -> tuple[str, ...]:

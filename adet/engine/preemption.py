@@ -13,11 +13,14 @@ and a worker killed by it would fail the batch the checkpoint waits for.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import signal
 import subprocess
+import threading
+from collections.abc import Iterator
 from types import FrameType
 
 import torch
@@ -38,11 +41,23 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
 
 
-def install_handlers() -> None:
-    """From now on SIGTERM, SIGUSR1 and SIGUSR2 only set the stop flag (in this process and in processes it
-    forks). Idempotent."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, _on_signal)
+@contextlib.contextmanager
+def stop_signals_handled() -> Iterator[None]:
+    """While the block runs, SIGTERM, SIGUSR1 and SIGUSR2 only set the stop flag (in this process and in processes
+    it forks); afterwards the earlier handlers are back and the flag is clear, so that a Python session that trained
+    once does not go on ignoring SIGTERM. Outside the main thread (where Python cannot set handlers) signals keep
+    their default action."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    reset()
+    previous = {signum: signal.signal(signum, _on_signal) for signum in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        reset()
 
 
 def stop_requested() -> bool:

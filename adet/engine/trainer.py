@@ -135,7 +135,6 @@ def build_training(cfg, resume: bool = False) -> TrainingState:
     optimizer, schedule, iteration and data order) or initialised from MODEL.WEIGHTS."""
     world_size = comm.get_world_size()
     cfg = scale_for_world_size(cfg, world_size)
-    preemption.install_handlers()
     configure_determinism(cfg)
     seed = shared_seed(cfg.SEED)
     seed_rng(seed)  # the initial weights too are a function of the seed, whoever calls this
@@ -293,15 +292,12 @@ def evaluate_pending(state: TrainingState, writer: MetricsWriter, best: float, c
     return evaluation or {}, best
 
 
-def stop_if_asked(state: TrainingState, iteration: int, config_text: str, evaluation_interrupted: bool,
-                  writer: MetricsWriter | None = None) -> None:
+def stop_if_asked(state: TrainingState, iteration: int, config_text: str, evaluation_interrupted: bool) -> None:
     """At an iteration boundary: when any process received a stop signal (the same answer on every process),
     stop with a checkpoint of ``iteration``. After the last iteration there is nothing to save unless its
     evaluation was cut short."""
     signum = preemption.agree_to_stop()
     if signum and (iteration < state.cfg.SOLVER.MAX_ITER - 1 or evaluation_interrupted):
-        if writer is not None:
-            writer.close()
         stop_on_signal(state, iteration, signum, config_text, evaluation_pending=evaluation_interrupted)
 
 
@@ -313,15 +309,16 @@ def run_training(state: TrainingState, log_period: int = 20) -> dict:
                 state.start_iter, state.seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
     results, best = {}, read_best(cfg.OUTPUT_DIR)
     config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long to repeat per iteration
-    if state.pending_evaluation:
-        results, best = evaluate_pending(state, writer, best, config_text)
-    if state.start_iter >= max_iter:
-        logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
-                    "SOLVER.MAX_ITER to train further.", state.start_iter, max_iter)
-        return results
-    state.train_model.train()
-    data_iter = iter(state.loader)
+    data_iter = None
     try:
+        if state.pending_evaluation:
+            results, best = evaluate_pending(state, writer, best, config_text)
+        if state.start_iter >= max_iter:
+            logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
+                        "SOLVER.MAX_ITER to train further.", state.start_iter, max_iter)
+            return results
+        state.train_model.train()
+        data_iter = iter(state.loader)
         with writer.progress():
             for iteration in range(state.start_iter, max_iter):
                 tic = time.perf_counter()
@@ -335,12 +332,15 @@ def run_training(state: TrainingState, log_period: int = 20) -> dict:
                     writer.tick(iteration, time.perf_counter() - tic)
                 evaluation, best = periodic_work(state, iteration, writer, best, config_text)
                 results = evaluation or results
-                stop_if_asked(state, iteration, config_text, evaluation is None, writer)
+                stop_if_asked(state, iteration, config_text, evaluation is None)
     finally:
-        # Shut the loader's workers down now, however the loop ended: they ignore stop signals, so the interpreter's
-        # exit, which ends worker processes with SIGTERM, would wait on them.
+        # The loader's workers end now, however the loop ended: an error raised in next() leaves the iterator in
+        # its traceback, which could keep them (and their memory) for the rest of a Python session.
+        shutdown_workers = getattr(data_iter, "_shutdown_workers", None)  # torch's own iterator cleanup
+        if shutdown_workers is not None:
+            shutdown_workers()
         del data_iter
-    writer.close()
+        writer.close()
     if comm.is_main_process():
         written = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR,
                                                                                                  "plots"))
@@ -352,4 +352,5 @@ def run_training(state: TrainingState, log_period: int = 20) -> dict:
 
 def train(cfg, resume: bool = False, log_period: int = 20) -> dict:
     """Train ``cfg``'s model on DATASETS.TRAIN, checkpointing into OUTPUT_DIR; returns the final evaluation."""
-    return run_training(build_training(cfg, resume), log_period)
+    with preemption.stop_signals_handled():
+        return run_training(build_training(cfg, resume), log_period)
