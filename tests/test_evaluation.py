@@ -1,4 +1,5 @@
-"""COCO evaluation: the project's AP equals pycocotools' on the written results; eval-only CLI, 1 and 2 processes."""
+"""COCO evaluation: the project's statistics equal pycocotools' called as detectron2 calls it (the official
+protocol) on the written results; eval-only CLI, 1 and 2 processes."""
 
 import contextlib
 import io
@@ -64,9 +65,8 @@ def tiny_dataset(tmp_path_factory):
 def pycocotools_ap(json_file: str, results_file: str, task: str) -> float:
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(json_file)
-        predictions = json.load(open(results_file))
-        if task == "bbox":
-            predictions = [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
+        dropped = "segmentation" if task == "bbox" else "bbox"  # as detectron2's COCOEvaluator
+        predictions = [{k: v for k, v in p.items() if k != dropped} for p in json.load(open(results_file))]
         evaluator = COCOeval(gt, gt.loadRes(predictions), task)
         evaluator.evaluate()
         evaluator.accumulate()
@@ -150,3 +150,68 @@ def test_faster_coco_eval_gives_pycocotools_statistics(tiny_dataset):
             outputs.append((np.asarray(evaluation.stats[:12]), evaluation.eval["precision"]))
         np.testing.assert_allclose(outputs[0][0], outputs[1][0], atol=1e-12)
         np.testing.assert_allclose(outputs[0][1], outputs[1][1], atol=1e-12)
+
+
+# ---- the official protocol: which area decides small / medium / large -------------------------------------------
+def _l_shape(size: int, top: int, left: int, arm: int = 200, width: int = 10) -> np.ndarray:
+    """An L of two ``width``-px arms: its box is large (arm x arm), its mask area medium (COCO's buckets)."""
+    mask = np.zeros((size, size), dtype=bool)
+    mask[top:top + arm, left:left + width] = True
+    mask[top + arm - width:top + arm, left:left + arm] = True
+    return mask
+
+
+def _official_statistics(json_file: str, predictions: list[dict], task: str) -> list[float]:
+    """pycocotools as detectron2's COCOEvaluator calls it: segm results without their boxes (the mask's area puts
+    each detection in a size bucket), bbox results as they are."""
+    dropped = "bbox" if task == "segm" else "segmentation"
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(json_file)
+        evaluator = COCOeval(gt, gt.loadRes([{k: v for k, v in p.items() if k != dropped} for p in predictions]),
+                             task)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    return [float(s * 100 if s >= 0 else "nan") for s in evaluator.stats]
+
+
+@pytest.mark.parametrize("library", ["pycocotools", "faster-coco-eval"])
+def test_mask_area_decides_the_size_bucket_of_segm_results_as_in_the_official_protocol(tmp_path, library):
+    """One medium-sized L-shaped object (its box is large) found, and a higher-scoring false positive of the same
+    shape elsewhere: by mask area the false positive counts against medium objects (segm APm about 50); by box area
+    it would be ignored there (APm 100). All 12 statistics of both tasks equal the official protocol's."""
+    from adet.data import DatasetCatalog, register_coco_instances
+    from adet.evaluation import COCOEvaluator
+    from adet.evaluation.coco_evaluation import METRICS
+    from adet.structures import Boxes, Instances
+
+    if library == "faster-coco-eval":
+        pytest.importorskip("faster_coco_eval")
+    size = 300
+    truth, false_positive = _l_shape(size, 10, 10), _l_shape(size, 60, 90)
+    rle = mask_util.encode(np.asfortranarray(truth.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    annotation = {"id": 1, "image_id": 1, "category_id": 5, "iscrowd": 0, "bbox": [10.0, 10.0, 200.0, 200.0],
+                  "segmentation": rle, "area": float(truth.sum())}
+    json_file = tmp_path / "l_shapes.json"
+    json_file.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": size, "width": size}],
+                                     "annotations": [annotation], "categories": [{"id": 5, "name": "ell"}]}))
+    name = f"l_shapes_{library}"
+    register_coco_instances(name, {}, str(json_file), str(tmp_path))
+    DatasetCatalog.get(name)
+    instances = Instances((size, size), pred_boxes=Boxes(torch.tensor([[60.0, 90.0, 290.0, 260.0],
+                                                                        [10.0, 10.0, 210.0, 210.0]])),
+                          scores=torch.tensor([0.95, 0.9]), pred_classes=torch.tensor([0, 0]),
+                          pred_masks=torch.from_numpy(np.stack([false_positive, truth])))
+    evaluator = COCOEvaluator(name, distributed=False, library=library)
+    evaluator.process([{"image_id": 1}], [{"instances": instances}])
+    results = evaluator.evaluate()
+    assert 1024 < truth.sum() < 96 ** 2 < 200 * 200  # medium by mask, large by box
+    for task in ("bbox", "segm"):
+        official = _official_statistics(str(json_file), evaluator.predictions, task)
+        stats = [float(v * 100 if v >= 0 else "nan") for v in evaluator.coco_evals[task].stats]
+        np.testing.assert_allclose(stats, official, atol=1e-9, err_msg=task)  # all 12, AR too
+        np.testing.assert_allclose([results[task][key] for key in METRICS], official[:6], atol=1e-9, err_msg=task)
+    assert results["segm"]["APm"] == pytest.approx(50.0)  # precision 1/2 at every recall
+    assert results["segm"]["AP"] == pytest.approx(50.0)
+    assert results["bbox"]["APm"] == pytest.approx(100.0)  # the false positive's box is large: not a medium detection

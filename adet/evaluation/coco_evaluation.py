@@ -216,9 +216,11 @@ class COCOEvaluator:
         if not predictions:
             logger.warning("No detections on %s: %s AP is 0", self.dataset_name, task)
             return {m: 0.0 for m in METRICS} | {f"AP-{name}": 0.0 for name in class_names}
-        if task == "bbox":
-            # Box AP must not use the mask area for small/medium/large: drop segmentations (as detectron2 does).
-            predictions = [{k: v for k, v in p.items() if k != "segmentation"} for p in predictions]
+        # The official protocol (detectron2's COCOEvaluator, behind every published EmbedMask number): each task sees
+        # only its own field. loadRes takes a result's area, which puts it in the small/medium/large bucket, from
+        # the box whenever one is present, so segm results keep their masks only (bucketed by mask area).
+        dropped = "segmentation" if task == "bbox" else "bbox"
+        predictions = [{k: v for k, v in p.items() if k != dropped} for p in predictions]
         with contextlib.redirect_stdout(io.StringIO()) as printed:
             coco_dt = self.coco_gt.loadRes(predictions)
             coco_eval = self.coco_eval_class(self.coco_gt, coco_dt, task)
