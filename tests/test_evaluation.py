@@ -215,3 +215,21 @@ def test_mask_area_decides_the_size_bucket_of_segm_results_as_in_the_official_pr
     assert results["segm"]["APm"] == pytest.approx(50.0)  # precision 1/2 at every recall
     assert results["segm"]["AP"] == pytest.approx(50.0)
     assert results["bbox"]["APm"] == pytest.approx(100.0)  # the false positive's box is large: not a medium detection
+
+
+def test_results_hold_each_detections_own_mask_and_xywh_box():
+    """One call encodes every mask of an image: each RLE decodes back to its own detection's mask."""
+    from adet.evaluation.coco_evaluation import instances_to_coco_json
+    from adet.structures import Boxes, Instances
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((5, 37, 53)) < 0.3
+    instances = Instances((37, 53), pred_boxes=Boxes(torch.tensor([[1.0, 2.0, 11.0, 22.0]] * 5)),
+                          scores=torch.linspace(0.9, 0.5, 5), pred_classes=torch.tensor([0, 1, 2, 1, 0]),
+                          pred_masks=torch.from_numpy(masks))
+    results = instances_to_coco_json(instances, image_id=7)
+    assert [r["category_id"] for r in results] == [0, 1, 2, 1, 0] and {r["image_id"] for r in results} == {7}
+    assert results[0]["bbox"] == [1.0, 2.0, 10.0, 20.0]
+    for result, mask in zip(results, masks):
+        assert result["segmentation"]["size"] == [37, 53]
+        np.testing.assert_array_equal(mask_util.decode(result["segmentation"]).astype(bool), mask)

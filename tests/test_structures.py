@@ -75,3 +75,32 @@ def test_bitmasks_boxes_and_from_polygons():
     assert bitmasks.get_bounding_boxes().tensor.tolist() == [[10.0, 10.0, 20.0, 20.0]]
     empty = BitMasks(torch.zeros(2, 4, 4))
     assert empty.nonempty().tolist() == [False, False]
+
+
+def test_encode_masks_writes_the_rle_pycocotools_writes():
+    """Runs found inside each mask's bounding box give pycocotools' own RLE strings, including the edge cases: empty,
+    full, the first and last pixel, and runs that continue from the bottom of one column to the top of the next."""
+    import pycocotools.mask as mask_util
+
+    from adet.structures.rle import encode_masks
+
+    height, width = 13, 9
+    cases = [np.zeros((height, width), bool), np.ones((height, width), bool)]
+    for rows, cols in ((-1, -1), (0, 0), (slice(None), slice(3, 5)), (slice(8, None), slice(2, 7))):
+        mask = np.zeros((height, width), bool)
+        mask[rows, cols] = True
+        cases.append(mask)
+    joined = np.zeros((height, width), bool)
+    joined[-1, 2] = joined[0, 3] = True  # one run of two pixels across a column boundary
+    cases.append(joined)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        h, w = rng.integers(1, 20, 2)
+        mask = rng.random((h, w)) < rng.random()
+        top, bottom = sorted(rng.integers(0, h + 1, 2))
+        mask[:top], mask[bottom:] = False, False
+        cases.append(mask)
+    for mask in cases:
+        expected = mask_util.encode(np.asfortranarray(mask[:, :, None].astype(np.uint8)))[0]
+        (got,) = encode_masks(mask[None])
+        assert got == {"size": list(mask.shape), "counts": expected["counts"].decode()}, mask.astype(int)

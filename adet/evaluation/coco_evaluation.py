@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import time
+from collections import defaultdict
 from typing import Any
 
 import numpy as np
@@ -23,6 +25,7 @@ from adet.data.coco import xywh_box
 from adet.data.validation import load_coco, validate_coco
 from adet.errors import ConfigError
 from adet.structures import Instances
+from adet.structures.rle import encode_masks
 from adet.utils.comm import all_gather, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -66,12 +69,7 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> list[dict]:
     boxes[:, 2:] -= boxes[:, :2]
     scores = instances.scores.tolist()
     classes = instances.pred_classes.tolist()
-    rles = None
-    if instances.has("pred_masks"):
-        masks = instances.pred_masks.numpy().astype(np.uint8)
-        rles = [mask_util.encode(np.asfortranarray(m[:, :, None]))[0] for m in masks]
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("utf-8")
+    rles = encode_masks(instances.pred_masks.numpy()) if instances.has("pred_masks") else None
     results = []
     for k in range(len(instances)):
         result = {"image_id": image_id, "category_id": classes[k], "bbox": boxes[k].tolist(), "score": scores[k]}
@@ -132,6 +130,9 @@ class COCOEvaluator:
         self.tasks = tasks
         self.coco_evals: dict = {}
         self.predictions: list[dict] = []  # all processes' results, on the main process after evaluate()
+        # Seconds per stage ("results to RLE", "write json", "<task> loadRes", "<task> evaluate", ...): logged, and
+        # what benchmarks/coco_eval.py reports.
+        self.timings: dict[str, float] = defaultdict(float)
         self.reset()
 
     def reset(self) -> None:
@@ -140,16 +141,24 @@ class COCOEvaluator:
         # Set when this process stopped early (a stop signal): then no process's partial results are scored.
         self.interrupted = False
 
+    def _time(self, stage: str, since: float) -> float:
+        """Add the seconds from ``since`` to ``stage``; returns now."""
+        now = time.perf_counter()
+        self.timings[stage] += now - since
+        return now
+
     def skip(self, inputs: list[dict]) -> None:
         """Images that could not be used (``{"skipped": reason, "image_id": ...}``): excluded from evaluation."""
         self._skipped.extend((x["image_id"], x.get("file_name"), x["skipped"]) for x in inputs)
 
     def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        since = time.perf_counter()
         for inputs_i, outputs_i in zip(inputs, outputs):
             instances = outputs_i["instances"].to("cpu")
             self._predictions.extend(instances_to_coco_json(instances, inputs_i["image_id"]))
             if self.tasks is None:
                 self.tasks = ("bbox", "segm") if instances.has("pred_masks") else ("bbox",)
+        self._time("results to RLE", since)
 
     def evaluate(self) -> dict[str, dict[str, float]] | None:
         """The results on the main process ({} elsewhere), or None when any process was :attr:`interrupted`."""
@@ -172,10 +181,12 @@ class COCOEvaluator:
             p["category_id"] = to_dataset_id.get(p["category_id"], p["category_id"])
         self.predictions = predictions
         if self.output_dir:
+            since = time.perf_counter()
             os.makedirs(self.output_dir, exist_ok=True)
             path = os.path.join(self.output_dir, "coco_instances_results.json")
             with open(path, "w") as f:
                 json.dump(predictions, f)
+            self._time("write json", since)
             logger.info("Wrote %d detections to %s", len(predictions), path)
         skipped_ids = {image_id for image_id, _, _ in skipped}
         self.evaluated_image_ids = sorted(set(self.coco_gt.getImgIds()) - skipped_ids)
@@ -219,15 +230,19 @@ class COCOEvaluator:
         # The official protocol (detectron2's COCOEvaluator, behind every published EmbedMask number): each task sees
         # only its own field. loadRes takes a result's area, which puts it in the small/medium/large bucket, from
         # the box whenever one is present, so segm results keep their masks only (bucketed by mask area).
+        since = time.perf_counter()
         dropped = "segmentation" if task == "bbox" else "bbox"
         predictions = [{k: v for k, v in p.items() if k != dropped} for p in predictions]
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            coco_dt = self.coco_gt.loadRes(predictions)
-            coco_eval = self.coco_eval_class(self.coco_gt, coco_dt, task)
+            coco_eval = self.coco_eval_class(self.coco_gt, self.coco_gt.loadRes(predictions), task)
             coco_eval.params.imgIds = self.evaluated_image_ids
+            since = self._time(f"{task} loadRes", since)
             coco_eval.evaluate()
+            since = self._time(f"{task} evaluate", since)
             coco_eval.accumulate()
+            since = self._time(f"{task} accumulate", since)
             coco_eval.summarize()
+            self._time(f"{task} summarize", since)
         logger.info("COCO %s evaluation on %s (%s):\n%s", task, self.dataset_name, self.library,
                     printed.getvalue().rstrip() or format_stats(coco_eval.stats))
         self.coco_evals[task] = coco_eval

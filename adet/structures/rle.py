@@ -1,0 +1,49 @@
+"""COCO run-length encoding of boolean masks, in time proportional to each mask's bounding box.
+
+pycocotools' ``encode`` walks every pixel of the image for every mask: 100 detections on an 800x1333 image are
+107 M pixels per image, most of them zeros far from the object. Here the runs are found inside the mask's bounding
+box only (numpy), shifted to the image's column-major pixel indices, and handed to pycocotools as an uncompressed
+RLE, which it compresses to the same string ``encode`` writes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pycocotools.mask as mask_util
+
+
+def _run_starts(mask: np.ndarray) -> tuple[np.ndarray, int]:
+    """Column-major pixel indices where the value changes (0 -> 1, 1 -> 0, alternating), and the pixel count."""
+    height, width = mask.shape
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return np.zeros(0, dtype=np.int64), height * width
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    # Each column of the box between a zero above and a zero below: every run starts and ends inside a column.
+    padded = np.zeros((right - left, bottom - top + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask[top:bottom, left:right].T
+    flat = padded.ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    column, row = np.divmod(changes, bottom - top + 2)
+    starts = (left + column) * height + top + row - 1
+    # A run reaching the last row continues into the next column when that one starts with foreground: its end and
+    # the next run's start are the same index, and both go.
+    repeated = np.flatnonzero(starts[1:] == starts[:-1])
+    if repeated.size:
+        starts = np.delete(starts, np.concatenate([repeated, repeated + 1]))
+    return starts, height * width
+
+
+def encode_masks(masks: np.ndarray) -> list[dict]:
+    """COCO RLEs (``counts`` as str) of boolean masks (N, H, W): the same as pycocotools' ``encode``."""
+    count, height, width = masks.shape
+    rles = []
+    for mask in masks:
+        starts, pixels = _run_starts(mask)
+        # COCO counts alternate zeros and ones, starting with a run of zeros (possibly empty)
+        counts = np.diff(np.concatenate([[0], starts, [pixels]]))
+        if counts.size > 1 and counts[-1] == 0:
+            counts = counts[:-1]
+        rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
+        rles.append({"size": [height, width], "counts": rle["counts"].decode("utf-8")})
+    return rles
