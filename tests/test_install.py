@@ -29,7 +29,9 @@ def test_wheel_install_trains_predicts_and_writes_scorable_json(tmp_path):
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist",
          ROOT], tmp_path, None)
     wheel = next((tmp_path / "dist").glob("embedmask-*.whl"))
-    run([python, "-m", "pip", "install", "-q", "--no-deps", wheel], tmp_path, None)
+    # --force-reinstall: an editable install of the same version in the system site-packages would count as
+    # already installed, and the venv would import the checkout.
+    run([python, "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", wheel], tmp_path, None)
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = dict(os.environ, DETECTRON2_DATASETS=str(tmp_path / "data"), OMP_NUM_THREADS="2")
