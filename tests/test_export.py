@@ -167,3 +167,77 @@ def test_bfloat16_inference_decodes_in_float32(tmp_path):
         build_model(make_tiny_cfg("MODEL.INFERENCE_DTYPE", "float16"))
     with pytest.raises(ConfigError, match="MODEL.INFERENCE_DTYPE must be one of"):
         build_model(make_tiny_cfg("MODEL.INFERENCE_DTYPE", "int8"))
+
+
+@pytest.fixture(scope="module")
+def own_predictions_dataset(tmp_path_factory):
+    """A tiny checkpoint (with a mask threshold its random embeddings pass) and six synthetic images whose ground
+    truth is its own 5 best detections in float32, so that its AP is high."""
+    import pycocotools.mask as mask_util
+
+    root = tmp_path_factory.mktemp("own_predictions")
+    weights = tiny_checkpoint(str(root), "MODEL.EMBEDMASK.MASK_TH", 0.2)
+    (root / "images").mkdir()
+    predictor, images, annotations = _pytorch(weights), [], []
+    for image_id in range(1, 7):
+        image = shapes_image(112, 144, seed=image_id)[0]
+        cv2.imwrite(str(root / "images" / f"{image_id}.png"), image)
+        images.append({"id": image_id, "file_name": f"{image_id}.png", "height": 112, "width": 144})
+        found = predictor(image)["instances"]
+        found = found[found.pred_masks.flatten(1).sum(1) >= 20]
+        for k in range(min(5, len(found))):
+            x1, y1, x2, y2 = found.pred_boxes.tensor[k].tolist()
+            rle = mask_util.encode(np.asfortranarray(found.pred_masks[k].numpy().astype(np.uint8)))
+            rle["counts"] = rle["counts"].decode()
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "iscrowd": 0,
+                                "category_id": [5, 9][int(found.pred_classes[k])], "segmentation": rle,
+                                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": float(mask_util.area(rle))})
+    json_file = root / "own.json"
+    json_file.write_text(json.dumps({"images": images, "annotations": annotations,
+                                     "categories": [{"id": 5, "name": "cat"}, {"id": 9, "name": "dog"}]}))
+    assert len(annotations) >= 20
+    return weights, f"own={json_file}:{root / 'images'}"
+
+
+def test_int8_export_quantizes_the_trunk_keeps_the_embedding_heads_float_and_measures_ap(own_predictions_dataset,
+                                                                                         tmp_path):
+    import onnx
+
+    from adet.cli.export import main as export
+    from adet.export import ONNXPredictor
+
+    weights, dataset = own_predictions_dataset
+    path = str(tmp_path / "tiny.onnx")
+    report = export(["--weights", weights, "--output", path, "--int8", "--calibration", "own", "--dataset",
+                     dataset, "--no-check", "--max-ap-drop", "100"])
+    assert os.path.isfile(str(tmp_path / "tiny.fp32.onnx")) and report["int8"]["images"] == 6
+    graph = onnx.load(path)
+    produced_by = {output: node for node in graph.graph.node for output in node.output}
+    convolutions = [node for node in graph.graph.node if node.op_type == "Conv"]
+    quantized = [node for node in convolutions if produced_by.get(node.input[1]) is not None
+                 and produced_by[node.input[1]].op_type == "DequantizeLinear"]
+    kept = [node for node in convolutions if node not in quantized]
+    # every convolution but the embedding and margin heads' reads int8 weights
+    assert kept and all(node.input[1].startswith(("model.proposal_head.", "model.pixel_head.")) for node in kept)
+    assert len(quantized) > 2 * len(kept)
+    metadata = {p.key: p.value for p in graph.metadata_props}
+    assert json.loads(metadata["category_ids"]) == [5, 9] and metadata["quantization"].startswith("int8 static")
+    ap = report["int8"]["ap"]
+    assert set(ap["float32"]) == set(ap["int8"]) == {"bbox", "segm"} and ap["float32"]["segm"] > 50
+    image = shapes_image(112, 144, seed=1)[0]
+    check = compare(ONNXPredictor(str(tmp_path / "tiny.fp32.onnx"))(image)["instances"],
+                    ONNXPredictor(path)(image)["instances"])
+    assert check["detections"] > 5 and check["onnx_detections"] > 0
+
+
+def test_an_int8_graph_beyond_the_ap_gate_is_refused(own_predictions_dataset, tmp_path, capsys):
+    weights, dataset = own_predictions_dataset
+    path = str(tmp_path / "gated.onnx")
+    code = embedmask(["export", "--weights", weights, "--output", path, "--int8", "--calibration", "own",
+                      "--calibration-images", "2", "--dataset", dataset, "--no-check",
+                      "--max-ap-drop", "-100"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and err.startswith("error: --max-ap-drop -100.0: the int8 graph loses")
+    assert not os.path.exists(path) and os.path.isfile(str(tmp_path / "gated.rejected.onnx"))
+    assert embedmask(["export", "--weights", weights, "--output", path, "--int8"]) == 2
+    assert "--int8 needs --calibration DATASET" in capsys.readouterr().err
