@@ -7,11 +7,17 @@ tests/fixtures/reference/detweights.py, which give 100 detections per image as t
     python benchmarks/inference.py --input-size 800x1333 # the same images resized to exactly 800x1333 first
     python benchmarks/inference.py --device cuda --runs 20
     python benchmarks/inference.py --device cuda --precision fp16   # both models under float16 autocast
+    python benchmarks/inference.py --input-size 800x1333 --bf16 --with-onnx   # + bf16, ONNX fp32 and ONNX int8
+
+``--with-onnx`` exports the same weights to ONNX and to int8 (calibrated on the timed images at the timed size) and
+times both graphs in the same run.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
+import multiprocessing
 import os
 import sys
 import tempfile
@@ -37,6 +43,21 @@ def reference_weights(folder: str) -> str:
     return path
 
 
+def export_graphs(weights: str, config_file: str, images: str, input_size: str, folder: str) -> list[str]:
+    """["--onnx", float32 graph, "--int8-onnx", int8 graph] of ``weights``, the latter calibrated on ``images``."""
+    from adet.cli import export
+    from adet.export import ONNXPredictor
+    from adet.export.quantize import quantize_int8
+
+    float_path, int8_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "model.int8.onnx")
+    export.main(["--weights", weights, "--config-file", config_file, "--output", float_path, "--no-check"])
+    predictor = ONNXPredictor(float_path)
+    inputs = [predictor.preprocess(image)[:2] for image in benchmark.load_images(images, input_size)]
+    report = quantize_int8(float_path, int8_path, inputs)
+    print(f"int8 graph calibrated on {report['images']} images in {report['seconds']:.0f} s")
+    return ["--onnx", float_path, "--int8-onnx", int8_path]
+
+
 def compare(args) -> list[dict]:
     """benchmark.compare with the reference weights when no --weights is given."""
     if not args.weights:
@@ -51,11 +72,21 @@ def get_parser():
 
 def main() -> None:
     argv = sys.argv[1:]
+    with_onnx = "--with-onnx" in argv
+    argv = [a for a in argv if a != "--with-onnx"]
     with tempfile.TemporaryDirectory() as folder:
         if "--weights" not in argv:
             argv += ["--weights", reference_weights(folder), "--config-file", benchmark.DEFAULT_CONFIG]
         if "--images" not in argv:
             argv += ["--images", os.path.join(ROOT, "demo", "images")]
+        if with_onnx:
+            args = benchmark.get_parser().parse_args(argv)
+            # In a process of its own: Linux passes a process's peak RSS on to the programs it starts, and the
+            # export's would stand in every timed model's memory column.
+            spawn = multiprocessing.get_context("spawn")
+            with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as pool:
+                argv += pool.submit(export_graphs, args.weights, args.config_file, args.images, args.input_size,
+                                    folder).result()
         benchmark.main(argv)
 
 

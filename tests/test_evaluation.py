@@ -233,3 +233,29 @@ def test_results_hold_each_detections_own_mask_and_xywh_box():
     for result, mask in zip(results, masks):
         assert result["segmentation"]["size"] == [37, 53]
         np.testing.assert_array_equal(mask_util.decode(result["segmentation"]).astype(bool), mask)
+
+
+def test_results_of_many_detections_get_loadres_areas_and_boxes(tmp_path):
+    """The evaluator's own loadRes (one area/box call for all results) on more results than pycocotools' area()
+    takes at once: the same areas, boxes and ids as pycocotools' loadRes."""
+    from adet.data import DatasetCatalog, register_coco_instances
+    from adet.evaluation import COCOEvaluator
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((600, 20, 30)) < 0.2
+    rles = [mask_util.encode(np.asfortranarray(m.astype(np.uint8)[:, :, None]))[0] for m in masks]
+    predictions = [{"image_id": 1, "category_id": 5, "score": 0.5, "bbox": [1.0, 2.0, 3.0, 4.0],
+                    "segmentation": {"size": r["size"], "counts": r["counts"].decode()}} for r in rles]
+    json_file = tmp_path / "one.json"
+    json_file.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "height": 20, "width": 30}],
+                                     "annotations": [], "categories": [{"id": 5, "name": "x"}]}))
+    register_coco_instances("one_image", {}, str(json_file), str(tmp_path))
+    DatasetCatalog.get("one_image")
+    evaluator = COCOEvaluator("one_image", distributed=False, library="pycocotools")
+    ours = evaluator.results_coco(predictions, "segm").dataset["annotations"]
+    with contextlib.redirect_stdout(io.StringIO()):
+        theirs = evaluator.coco_gt.loadRes([{k: v for k, v in p.items() if k != "bbox"} for p in predictions])
+    theirs = theirs.dataset["annotations"]
+    assert [a["id"] for a in ours] == [a["id"] for a in theirs] == list(range(1, 601))
+    assert [a["area"] for a in ours] == [float(a["area"]) for a in theirs] == [float(m.sum()) for m in masks]
+    np.testing.assert_allclose([a["bbox"] for a in ours], [a["bbox"] for a in theirs])

@@ -88,7 +88,8 @@ def embedmask_runner(args, dtype: str = "float32"):
 
 def onnx_runner(args):
     providers = ["CUDAExecutionProvider"] if args.device.startswith("cuda") else ["CPUExecutionProvider"]
-    predictor = ONNXPredictor(args.onnx, providers, threads=args.threads)
+    path = args.int8_onnx if args.worker == "onnx_int8" else args.onnx
+    predictor = ONNXPredictor(path, providers, threads=args.threads)
     embedmask = predictor.cfg.MODEL.EMBEDMASK
 
     def run(image):
@@ -135,7 +136,7 @@ def worker(args) -> None:
     torch.set_num_threads(args.threads)
     images = load_images(args.images, args.input_size)
     runners = {"embedmask": embedmask_runner, "maskrcnn": maskrcnn_runner, "onnx": onnx_runner,
-               "embedmask_bf16": lambda a: embedmask_runner(a, "bfloat16")}
+               "onnx_int8": onnx_runner, "embedmask_bf16": lambda a: embedmask_runner(a, "bfloat16")}
     run = runners[args.worker](args)
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
@@ -157,12 +158,14 @@ def worker(args) -> None:
 def compare(args) -> list[dict]:
     """Time both models, each in its own process; returns [ours, Mask R-CNN] result dicts."""
     rows = []
-    names = ["embedmask"] + (["embedmask_bf16"] if args.bf16 else []) + (["onnx"] if args.onnx else []) + ["maskrcnn"]
+    names = ["embedmask"] + (["embedmask_bf16"] if args.bf16 else []) + (["onnx"] if args.onnx else []) + (
+        ["onnx_int8"] if args.int8_onnx else []) + ["maskrcnn"]
     for name in names:
         command = [sys.executable, "-m", "adet.cli.benchmark", "--worker", name, "--images", args.images,
                    "--device", args.device, "--threads", str(args.threads), "--runs", str(args.runs),
                    "--weights", args.weights, "--input-size", args.input_size, "--precision", args.precision,
-                   "--config-file", args.config_file, "--onnx", args.onnx, *map(str, args.opts)]
+                   "--config-file", args.config_file, "--onnx", args.onnx, "--int8-onnx", args.int8_onnx,
+                   *map(str, args.opts)]
         env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
         done = subprocess.run(command, capture_output=True, text=True, env=env)
         line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -170,6 +173,19 @@ def compare(args) -> list[dict]:
             raise RuntimeError(f"{name} failed:\n{done.stderr[-3000:]}")
         rows.append(json.loads(line[len("RESULT "):]))
     return rows
+
+
+def cpu_description() -> str:
+    """The CPU's model and the instruction sets that decide int8 and bfloat16 speed (Linux: /proc/cpuinfo)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            info = f.read()
+    except OSError:
+        return "unknown"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
+    return f"{model}; " + " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in wanted)
 
 
 def get_parser(prog: str | None = None, default_images: str | None = None) -> ArgumentParser:
@@ -190,7 +206,9 @@ def get_parser(prog: str | None = None, default_images: str | None = None) -> Ar
                         help="also time EmbedMask with MODEL.INFERENCE_DTYPE bfloat16 (decoding stays float32)")
     parser.add_argument("--onnx", default="", metavar="FILE.onnx",
                         help="also time this export of the same model in ONNX Runtime (embedmask export)")
-    parser.add_argument("--worker", choices=["embedmask", "embedmask_bf16", "onnx", "maskrcnn"],
+    parser.add_argument("--int8-onnx", default="", metavar="FILE.onnx",
+                        help="also time this int8 export of the same model (embedmask export --int8)")
+    parser.add_argument("--worker", choices=["embedmask", "embedmask_bf16", "onnx", "onnx_int8", "maskrcnn"],
                         help=argparse.SUPPRESS)
     parser.add_argument("--tmp", default="/tmp", help=argparse.SUPPRESS)
     return parser
@@ -210,13 +228,16 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> list[dict]:
     size = f" resized to {args.input_size}" if args.input_size else ""
     print(f"device: {args.device}, {args.precision}, threads: {args.threads}, torch {torch.__version__}, "
           f"images: {args.images}{size}, {args.runs} timed runs each")
+    if args.device == "cpu":
+        print(f"CPU: {cpu_description()}")
     memory = "peak_gpu_mb" if args.device.startswith("cuda") else "peak_rss_mb"
     header = f"{'model':<28}{'preprocess':>12}{'model':>10}{'postproc':>10}{'total s/img':>13}{'dets':>7}" \
              f"{memory:>13}"
     print(header)
     print("-" * len(header))
     labels = {"embedmask": "EmbedMask (ours)", "embedmask_bf16": "EmbedMask, bfloat16",
-              "onnx": "EmbedMask, ONNX Runtime", "maskrcnn": "torchvision Mask R-CNN R-50"}
+              "onnx": "EmbedMask, ONNX Runtime", "onnx_int8": "EmbedMask, ONNX int8",
+              "maskrcnn": "torchvision Mask R-CNN R-50"}
     for r in rows:
         print(f"{labels[r['model']]:<28}{r['preprocess']:>12.3f}{r['model_s']:>10.3f}{r['postprocess']:>10.3f}"
               f"{r['total']:>13.3f}{r['detections']:>7.0f}{r[memory]:>13.0f}")

@@ -7,6 +7,7 @@ faster; a dependency on Python >= 3.10), else by pycocotools. ``EMBEDMASK_COCO_E
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import json
 import logging
@@ -221,20 +222,38 @@ class COCOEvaluator:
                 json.dump(report, f, indent=1)
         return summary
 
+    def results_coco(self, predictions: list[dict], task: str):
+        """What ``coco_gt.loadRes(predictions)`` returns under the official protocol (detectron2's COCOEvaluator):
+        each task sees only its own field, so segm results are put in a size bucket by their mask's area (loadRes
+        takes the box's whenever one is present). Areas and mask boxes are computed in one call for all results,
+        where loadRes makes one per result."""
+        field = "bbox" if task == "bbox" else "segmentation"
+        annotations = [{"id": k + 1, "image_id": p["image_id"], "category_id": p["category_id"], "score": p["score"],
+                        field: p[field], "iscrowd": 0} for k, p in enumerate(predictions)]
+        if task == "bbox":
+            boxes = np.asarray([p["bbox"] for p in predictions], dtype=np.float64).reshape(-1, 4)
+            areas = (boxes[:, 2] * boxes[:, 3]).tolist()
+        else:
+            rles = [p["segmentation"] for p in predictions]
+            # pycocotools' area() fails on lists of 256 or more under numpy 2 (a uint8 count): 255 at a time
+            areas = [a for k in range(0, len(rles), 255) for a in mask_util.area(rles[k:k + 255]).tolist()]
+            for annotation, box in zip(annotations, mask_util.toBbox(rles).tolist()):
+                annotation["bbox"] = box
+        for annotation, area in zip(annotations, areas):
+            annotation["area"] = area
+        return coco_from_dict(self.coco_class, {"images": list(self.coco_gt.dataset["images"]),
+                                                "categories": copy.deepcopy(self.coco_gt.dataset["categories"]),
+                                                "annotations": annotations})
+
     def _evaluate_task(self, predictions: list[dict], task: str) -> dict[str, float]:
         class_names = self.metadata.get("thing_classes") or [c["name"] for c in self.coco_gt.loadCats(
             sorted(self.coco_gt.getCatIds()))]
         if not predictions:
             logger.warning("No detections on %s: %s AP is 0", self.dataset_name, task)
             return {m: 0.0 for m in METRICS} | {f"AP-{name}": 0.0 for name in class_names}
-        # The official protocol (detectron2's COCOEvaluator, behind every published EmbedMask number): each task sees
-        # only its own field. loadRes takes a result's area, which puts it in the small/medium/large bucket, from
-        # the box whenever one is present, so segm results keep their masks only (bucketed by mask area).
         since = time.perf_counter()
-        dropped = "segmentation" if task == "bbox" else "bbox"
-        predictions = [{k: v for k, v in p.items() if k != dropped} for p in predictions]
         with contextlib.redirect_stdout(io.StringIO()) as printed:
-            coco_eval = self.coco_eval_class(self.coco_gt, self.coco_gt.loadRes(predictions), task)
+            coco_eval = self.coco_eval_class(self.coco_gt, self.results_coco(predictions, task), task)
             coco_eval.params.imgIds = self.evaluated_image_ids
             since = self._time(f"{task} loadRes", since)
             coco_eval.evaluate()

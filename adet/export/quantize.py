@@ -63,9 +63,8 @@ def quantize_int8(float_path: str, int8_path: str, inputs: Iterable[tuple[np.nda
     temporary = int8_path + ".tmp"
     quantize_static(float_path, temporary, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv"],
                     per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    nodes_to_exclude=keep_float, calibrate_method=CalibrationMethod.MinMax,
-                    # ranges are reduced every few images, not held for all of them (GBs at 800x1333)
-                    extra_options={"CalibMaxIntermediateOutputs": 4})
+                    # (min/max calibration keeps per-tensor reductions of each image, not the tensors: small)
+                    nodes_to_exclude=keep_float, calibrate_method=CalibrationMethod.MinMax)
     if reader.count == 0:
         os.remove(temporary)
         raise ValueError("no calibration images")
