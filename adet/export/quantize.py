@@ -54,7 +54,7 @@ def quantize_int8(float_path: str, int8_path: str, inputs: Iterable[tuple[np.nda
     ``inputs``: (padded uint8 network input, (h, w)) pairs as :meth:`ONNXPredictor.preprocess` makes them. The
     float file's metadata (config, classes) is kept. Returns {"seconds", "bytes", "images", "float_nodes"}."""
     import onnx  # optional (the export extra)
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static  # (optional)
 
     start = time.perf_counter()
     model = onnx.load(float_path)
