@@ -90,7 +90,8 @@ def run_training(table: Table, device: str, quick: bool) -> None:
     import torch
 
     from adet.config import get_cfg
-    from adet.engine.trainer import TrainingDivergedError, build_training, run_training
+    from adet.engine import DefaultTrainer
+    from adet.errors import TrainingDivergedError
     from adet.utils.plots import read_metrics
 
     iterations = 10 if quick else 100
@@ -102,10 +103,11 @@ def run_training(table: Table, device: str, quick: bool) -> None:
                              "DATALOADER.NUM_WORKERS", 2])
         if device.startswith("cuda"):
             torch.cuda.reset_peak_memory_stats()
-        state = build_training(cfg)
+        trainer = DefaultTrainer(cfg)
+        trainer.resume_or_load(resume=False)
         start = time.perf_counter()
         try:
-            run_training(state, log_period=1)
+            trainer.train(log_period=1)
         except TrainingDivergedError as e:
             table.add(f"AMP training, synthetic, {iterations} it", str(e), ok=False)
             return

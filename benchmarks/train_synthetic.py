@@ -31,8 +31,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from adet.config import get_cfg
+    from adet.engine import DefaultTrainer
     from adet.engine.evaluate import evaluate_datasets
-    from adet.engine.trainer import build_training, run_training
     from adet.utils.logger import setup_logger
     from adet.utils.plots import read_metrics
 
@@ -51,10 +51,12 @@ def main() -> None:
                 os.remove(os.path.join(args.output, name))
     setup_logger(args.output)
 
-    state = build_training(cfg)
-    untrained = evaluate_datasets(cfg, state.model)[cfg.DATASETS.TEST[0]]
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    untrained = evaluate_datasets(cfg, trainer.model)[cfg.DATASETS.TEST[0]]
     start = time.perf_counter()
-    results = run_training(state, log_period=20)[cfg.DATASETS.TEST[0]]
+    trainer.train(log_period=20)
+    results = trainer.last_results[cfg.DATASETS.TEST[0]]
     wall = time.perf_counter() - start
 
     losses = [r for r in read_metrics(os.path.join(args.output, "metrics.json")) if "total_loss" in r]

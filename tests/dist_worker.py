@@ -6,8 +6,8 @@ import torch
 
 from adet.cli.options import register_datasets_from_args
 from adet.config import get_cfg
+from adet.engine import DefaultTrainer
 from adet.engine.defaults import default_setup
-from adet.engine.trainer import build_training, run_training
 from adet.utils import comm
 
 
@@ -16,8 +16,9 @@ def train_and_save_weights(config_text: str, dataset: str) -> None:
     cfg = get_cfg()
     cfg.merge_from_other_cfg(cfg.load_cfg(config_text))
     default_setup(cfg, None)
-    state = build_training(cfg)
-    initial = {k: v.detach().clone() for k, v in state.model.named_parameters()}
-    run_training(state, log_period=1)
-    final = {k: v.detach().clone() for k, v in state.model.named_parameters()}
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    initial = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    trainer.train(log_period=1)
+    final = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
     torch.save({"initial": initial, "final": final}, os.path.join(cfg.OUTPUT_DIR, f"weights_rank{comm.get_rank()}.pt"))

@@ -102,7 +102,7 @@ def _run(args, **kwargs):
 
 def test_initial_weights_follow_the_seed_not_the_callers_rng(tiny_data, tmp_path):
     from adet.cli.options import register_datasets_from_args
-    from adet.engine.trainer import build_training
+    from adet.engine import DefaultTrainer
 
     register_datasets_from_args([tiny_data["dataset"]])
 
@@ -110,7 +110,7 @@ def test_initial_weights_follow_the_seed_not_the_callers_rng(tiny_data, tmp_path
         cfg = make_tiny_cfg("MODEL.FCOS.NUM_CLASSES", 4, "SEED", seed, "DATALOADER.NUM_WORKERS", 0,
                             "DATASETS.TRAIN", ("shapes",), "DATASETS.TEST", (), "OUTPUT_DIR", str(tmp_path / "out"))
         torch.manual_seed(caller_rng)
-        return build_training(cfg).model.state_dict()
+        return DefaultTrainer(cfg).model.state_dict()
 
     first, again, other = initial_weights(3, 100), initial_weights(3, 200), initial_weights(4, 100)
     assert all(torch.equal(first[k], again[k]) for k in first)

@@ -4,7 +4,10 @@ from .detection_checkpoint import DetectionCheckpointer, checkpoint_config, resu
 from .files import atomic_save, atomic_write_text, read_checkpoint_file, verify_checksums
 from .weight_files import WeightFileError, resolve_weight_path
 
+AdetCheckpointer = DetectionCheckpointer  # AdelaiDet's name (its tools/train_net.py imports it)
+
 __all__ = [
+    "AdetCheckpointer",
     "CheckpointError",
     "DetectionCheckpointer",
     "WeightFileError",

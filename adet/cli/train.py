@@ -18,8 +18,8 @@ from adet.engine.defaults import default_setup
 from adet.engine.evaluate import evaluate_datasets
 from adet.engine.launch import check_devices, dist_timeout, launch, leader_rank, restart_count, world_size_of
 from adet.engine.run_claim import RunClaim, archive_earlier_run
-from adet.engine.trainer import train
-from adet.modeling import build_model, prepare_for_inference
+from adet.engine.trainer import DefaultTrainer
+from adet.modeling import prepare_for_inference
 from adet.utils.logger import setup_logger
 
 from . import preflight as check
@@ -61,18 +61,24 @@ def config_from_args(args: argparse.Namespace):
 
 
 def worker(cfg, args: argparse.Namespace):
-    """One process's share: evaluation of MODEL.WEIGHTS, or training."""
+    """One process's share: evaluation of MODEL.WEIGHTS, or training, with ``args.trainer_class`` (a
+    DefaultTrainer subclass: its build_* methods) or DefaultTrainer itself."""
     register_datasets_from_args(args.dataset, quiet=True)
     default_setup(cfg, args)
+    trainer_class = getattr(args, "trainer_class", None) or DefaultTrainer
     if not args.eval_only:
-        return train(cfg, resume=args.resume, log_period=args.log_period)
-    model = build_model(cfg)
+        trainer = trainer_class(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        trainer.train(log_period=args.log_period)
+        return trainer.last_results
+    model = trainer_class.build_model(cfg)
     checkpointer = DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
     if args.resume and checkpointer.has_checkpoint():
         checkpointer.load(checkpointer.get_checkpoint_file(), checkpointables=[])
     else:
         checkpointer.load(cfg.MODEL.WEIGHTS)
-    return evaluate_datasets(cfg, prepare_for_inference(model))
+    return evaluate_datasets(cfg, prepare_for_inference(model), build_test_loader=trainer_class.build_test_loader,
+                             build_evaluator=trainer_class.build_evaluator)
 
 
 def preflight(cfg, args: argparse.Namespace) -> None:
@@ -108,10 +114,13 @@ def archive_if_fresh(cfg, args: argparse.Namespace) -> None:
                            cfg.OUTPUT_DIR, " and ".join(moved))
 
 
-def main(argv: list[str] | None = None, prog: str | None = None, eval_only: bool = False):
+def main(argv: list[str] | None = None, prog: str | None = None, eval_only: bool = False,
+         trainer_class: type | None = None):
     """Parse, resolve and check the config once, then run :func:`worker` in every process. Returns the
-    evaluation results (of this process; {} on ranks other than 0)."""
+    evaluation results (of this process; {} on ranks other than 0). ``trainer_class``: a DefaultTrainer subclass
+    (importable by name, for spawned processes), as ``tools/train_net.py``'s ``Trainer``."""
     args = build_parser(prog, eval_only).parse_args(argv)
+    args.trainer_class = trainer_class
     check.check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
     leader = leader_rank(args.launcher, args.machine_rank) == 0
     setup_logger(rank=0 if leader else 1)  # config notices now; into log.txt once OUTPUT_DIR is known

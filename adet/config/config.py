@@ -62,6 +62,13 @@ def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
 class CfgNode(_FvcoreCfgNode):
     """detectron2-style config node. Use :func:`adet.config.get_cfg` to get one holding every default."""
 
+    def __getattr__(self, name: str):
+        if name in self:
+            return self[name]
+        if name == "ROI_HEADS" and "FCOS" in self:  # cfg.MODEL.ROI_HEADS in a detectron2 tutorial script
+            return RoiHeadsAlias(self)
+        raise AttributeError(name)
+
     def merge_from_file(self, cfg_filename: str, allow_unsafe: bool = False) -> None:
         if os.path.isdir(cfg_filename):
             raise ConfigError(f"{cfg_filename}: is a folder, not a config file")
@@ -149,6 +156,36 @@ class CfgNode(_FvcoreCfgNode):
             else:
                 value = self._decode_cfg_value(copy.deepcopy(raw))
                 into[key] = _coerce(value, into[key], full_key, source)
+
+
+class RoiHeadsAlias:
+    """``cfg.MODEL.ROI_HEADS`` as detectron2 scripts set it: ``NUM_CLASSES`` is EmbedMask's MODEL.FCOS.NUM_CLASSES
+    and ``SCORE_THRESH_TEST`` t its final-score threshold (MODEL.FCOS.INFERENCE_TH_TEST t^2, as ``adet.load``'s
+    ``confidence``: scores are sqrt(class x centerness)); the ROI sampling keys have no counterpart and are ignored
+    with a warning. Only attribute access is aliased: in a file or on the command line these keys are dropped."""
+
+    def __init__(self, model: CfgNode):
+        object.__setattr__(self, "_fcos", model.FCOS)
+
+    def __getattr__(self, name: str):
+        if name == "NUM_CLASSES":
+            return self._fcos.NUM_CLASSES
+        if name == "SCORE_THRESH_TEST":
+            return self._fcos.INFERENCE_TH_TEST ** 0.5
+        raise AttributeError(f"MODEL.ROI_HEADS.{name}: EmbedMask has no ROI heads (its keys are under MODEL.FCOS "
+                             "and MODEL.EMBEDMASK)")
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "NUM_CLASSES":
+            self._fcos.NUM_CLASSES = int(value)
+        elif name == "SCORE_THRESH_TEST":
+            self._fcos.INFERENCE_TH_TEST = float(value) ** 2
+        else:
+            compat.logger.warning("MODEL.ROI_HEADS.%s %r has no effect on EmbedMask (it has no ROI heads); ignored",
+                                  name, value)
+            return
+        compat.logger.info("MODEL.ROI_HEADS.%s %r set EmbedMask's MODEL.FCOS.%s", name, value,
+                           "NUM_CLASSES" if name == "NUM_CLASSES" else "INFERENCE_TH_TEST (squared)")
 
 
 BASE_KEY = "_BASE_"

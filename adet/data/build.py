@@ -139,17 +139,32 @@ class MapDataset(torchdata.Dataset):
             return {"skipped": str(e), "image_id": record.get("image_id"), "file_name": record.get("file_name")}
 
 
-def build_detection_train_loader(cfg, seed: int, start_iter: int = 0) -> torchdata.DataLoader:
-    """Infinite loader of this process's share of SOLVER.IMS_PER_BATCH, from DATASETS.TRAIN."""
+def build_detection_train_loader(cfg, mapper=None, *, seed: int | None = None, start_iter: int = 0
+                                 ) -> torchdata.DataLoader:
+    """Infinite loader of this process's share of SOLVER.IMS_PER_BATCH, from DATASETS.TRAIN, through ``mapper``
+    (default: the config's DatasetMapper; it is called as ``mapper(dataset_dict, rng)``). Its order and
+    augmentations follow from ``seed`` (default SEED, 0 if negative) and it begins at batch ``start_iter``; the
+    trainer sets both on any loader this function built (:func:`position_train_loader`)."""
     world_size = get_world_size()
     batch_size = per_process_batch(cfg, world_size)
+    seed = (cfg.SEED if cfg.SEED >= 0 else 0) if seed is None else seed
     dicts = get_detection_dataset_dicts(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     group_ids = [int(d["width"] > d["height"]) if cfg.DATALOADER.ASPECT_RATIO_GROUPING else 0 for d in dicts]
     sampler = TrainingBatchSampler(group_ids, batch_size, seed, get_rank(), world_size,
                                    start_iter)
-    dataset = MapDataset(dicts, DatasetMapper.from_config(cfg, is_train=True), seed)
+    dataset = MapDataset(dicts, mapper or DatasetMapper.from_config(cfg, is_train=True), seed)
     return torchdata.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
                                 collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer)
+
+
+def position_train_loader(loader, seed: int, start_iter: int) -> bool:
+    """Make a loader of :func:`build_detection_train_loader` draw the run's seed and begin at ``start_iter``, so a
+    resumed run sees the batches an uninterrupted one would. False for a loader built otherwise (left as it is)."""
+    sampler, dataset = getattr(loader, "batch_sampler", None), getattr(loader, "dataset", None)
+    if not isinstance(sampler, TrainingBatchSampler) or not isinstance(dataset, MapDataset):
+        return False
+    sampler.seed, sampler.start_iter, dataset.seed = seed, start_iter, seed
+    return True
 
 
 def build_detection_test_loader(cfg, dataset_name: str, mapper=None, num_workers: int | None = None

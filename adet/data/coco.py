@@ -4,21 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
-from enum import IntEnum
 
 from adet.errors import DatasetError
+from adet.structures import BoxMode
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .validation import load_coco
 
 logger = logging.getLogger(__name__)
-
-
-class BoxMode(IntEnum):
-    """How a dataset dict's ``bbox`` is written (detectron2's values)."""
-
-    XYXY_ABS = 0
-    XYWH_ABS = 1
 
 
 def xywh_box(obj: dict) -> list[float]:

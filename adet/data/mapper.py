@@ -11,9 +11,8 @@ import pycocotools.mask as mask_util
 import torch
 
 from adet.errors import ImageSizeError
-from adet.structures import BitMasks, Boxes, Instances, PolygonMasks, polygons_to_bitmask, segmentation_to_rle
+from adet.structures import BitMasks, Boxes, BoxMode, Instances, PolygonMasks, polygons_to_bitmask, segmentation_to_rle
 
-from .coco import BoxMode
 from .image_io import read_image
 from .transforms import HFlipTransform, ResizeForTest, ResizeShortestEdge, TransformList
 
@@ -77,10 +76,14 @@ def filter_empty_instances(instances: Instances, box_threshold: float = 1e-5) ->
 class DatasetMapper:
     """Reads the image (BGR), resizes it (and in training flips it with probability 0.5), and converts the
     annotations. Output: ``image`` (3, h, w) uint8 tensor, ``height``/``width`` of the original, ``image_id``,
-    ``file_name`` and, in training, ``instances``."""
+    ``file_name`` and, in training, ``instances``. ``DatasetMapper(cfg, is_train)`` is :meth:`from_config`, as
+    detectron2 users write it."""
 
     def __init__(self, resize: ResizeShortestEdge | ResizeForTest | None, is_train: bool, image_format: str = "BGR",
                  horizontal_flip: bool = False, mask_format: str = "polygon", seed: int | None = None):
+        if hasattr(resize, "INPUT"):  # a config
+            self.__dict__.update(vars(DatasetMapper.from_config(resize, is_train, seed)))
+            return
         self.resize = resize
         self.is_train = is_train
         self.image_format = image_format

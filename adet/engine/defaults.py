@@ -1,4 +1,5 @@
-"""``default_setup``: what every run does first in each process (detectron2's name)."""
+"""``default_argument_parser`` and ``default_setup``: what detectron2-style scripts (``tools/train_net.py``) call
+first, with detectron2's names and options."""
 
 from __future__ import annotations
 
@@ -29,3 +30,20 @@ def default_setup(cfg, args: argparse.Namespace | None = None) -> None:
     torch.backends.cudnn.benchmark = bool(cfg.CUDNN_BENCHMARK) and not cfg.DETERMINISTIC
     if cfg.FLOAT32_PRECISION:
         torch.set_float32_matmul_precision(cfg.FLOAT32_PRECISION)
+
+
+def default_argument_parser(epilog: str | None = None) -> argparse.ArgumentParser:
+    """detectron2's options: ``--config-file``, ``--resume``, ``--eval-only``, ``--num-gpus``, ``--num-machines``,
+    ``--machine-rank``, ``--dist-url`` ("auto": a free local port) and the trailing ``KEY VALUE`` overrides
+    (``args.opts``; the last of a key wins)."""
+    parser = argparse.ArgumentParser(epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", default="", metavar="FILE", help="path to config file")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint in OUTPUT_DIR")
+    parser.add_argument("--eval-only", action="store_true", help="perform evaluation only")
+    parser.add_argument("--num-gpus", type=int, default=1, help="number of processes per machine")
+    parser.add_argument("--num-machines", type=int, default=1, help="total number of machines")
+    parser.add_argument("--machine-rank", type=int, default=0, help="the rank of this machine")
+    parser.add_argument("--dist-url", default="auto", help="tcp://HOST:PORT of machine 0; 'auto' on one machine")
+    parser.add_argument("opts", default=None, nargs=argparse.REMAINDER,
+                        help="KEY VALUE pairs that modify the config, at the end of the command")
+    return parser

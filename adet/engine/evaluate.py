@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 
@@ -48,36 +48,59 @@ def write_confusion_matrix(evaluator: COCOEvaluator, class_names: list[str] | No
     plot_confusion_matrix(matrix, names, prefix + ".png")
 
 
-def evaluate_datasets(cfg, model: torch.nn.Module, should_stop: Callable[[], bool] | None = None
+def inference_folder(cfg, dataset_name: str) -> str:
+    """Where a dataset's predictions and results go: OUTPUT_DIR/inference, or inference/<dataset> when
+    DATASETS.TEST has several."""
+    several = len(cfg.DATASETS.TEST) > 1
+    return os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name if several else "")
+
+
+def evaluate_datasets(cfg, model: torch.nn.Module, should_stop: Callable[[], bool] | None = None,
+                      build_test_loader: Callable = build_detection_test_loader,
+                      build_evaluator: Callable | None = None, evaluators: Sequence | None = None,
                       ) -> dict[str, dict[str, dict[str, float]]] | None:
     """{dataset: {"bbox": {...}, "segm": {...}, "ground_truth": {...}}} on the main process ({} elsewhere); None
     when ``should_stop()`` interrupted it (a stop signal during a training run's evaluation).
     Written to ``OUTPUT_DIR/inference/`` (``inference/<dataset>/`` when there are several): the predictions
     (``coco_instances_results.json``), these results (``evaluation_results.json``) and what the ground truth
-    excluded (``ground_truth_report.json``)."""
+    excluded (``ground_truth_report.json``). ``evaluators`` (one per dataset of DATASETS.TEST) or
+    ``build_evaluator(cfg, name)`` replace the COCOEvaluator; ``build_test_loader(cfg, name)`` the test loader."""
     names = required_datasets(cfg.DATASETS.TEST, "DATASETS.TEST", "evaluate")
+    if evaluators is not None and len(evaluators) != len(names):
+        raise ValueError(f"{len(evaluators)} evaluators for the {len(names)} datasets of DATASETS.TEST {list(names)}")
     results = {}
     if cfg.TEST.AUG.ENABLED:
         model = build_tta(cfg, model)
         logger.info("Test-time augmentation: scales %s (longest side <= %d)%s", list(cfg.TEST.AUG.MIN_SIZES),
                     cfg.TEST.AUG.MAX_SIZE, ", each also mirrored" if cfg.TEST.AUG.FLIP else "")
-    for name in names:
-        folder = os.path.join(cfg.OUTPUT_DIR, "inference", name if len(names) > 1 else "")
-        loader = build_detection_test_loader(cfg, name)
-        evaluator = COCOEvaluator(name, output_dir=folder)
-        results[name] = inference_on_dataset(model, loader, evaluator, should_stop)
+    for index, name in enumerate(names):
+        folder = inference_folder(cfg, name)
+        if evaluators is not None:
+            evaluator = evaluators[index]
+        elif build_evaluator is not None:
+            evaluator = build_evaluator(cfg, name)
+        else:
+            evaluator = COCOEvaluator(name, output_dir=folder)
+        results[name] = inference_on_dataset(model, build_test_loader(cfg, name), evaluator, should_stop)
         if results[name] is None:
             return None
         if comm.is_main_process():
-            with open(os.path.join(folder, "evaluation_results.json"), "w") as f:
-                json.dump(results[name], f, indent=1)
-        if comm.is_main_process() and results[name]:
-            prefix = os.path.join(cfg.OUTPUT_DIR, "plots", f"{name}_" if len(names) > 1 else "")
-            os.makedirs(os.path.dirname(prefix), exist_ok=True)
-            class_names = MetadataCatalog.get(name).get("thing_classes")
-            plot_per_category_ap(results[name], prefix + "per_category_ap.png")
-            plot_precision_recall(evaluator.coco_evals, prefix + "pr_curves.png", class_names)
-            write_confusion_matrix(evaluator, class_names, prefix + "confusion_matrix")
+            write_reports(cfg, name, evaluator, results[name], folder)
     if comm.is_main_process():
         logger.info("Evaluation results:\n%s", format_results(results))
     return results
+
+
+def write_reports(cfg, name: str, evaluator, results: dict, folder: str) -> None:
+    """evaluation_results.json, and for a COCOEvaluator the per-category AP, precision-recall and confusion plots."""
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "evaluation_results.json"), "w") as f:
+        json.dump(results, f, indent=1)
+    if not results or not isinstance(evaluator, COCOEvaluator):
+        return
+    prefix = os.path.join(cfg.OUTPUT_DIR, "plots", f"{name}_" if len(cfg.DATASETS.TEST) > 1 else "")
+    os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    class_names = MetadataCatalog.get(name).get("thing_classes")
+    plot_per_category_ap(results, prefix + "per_category_ap.png")
+    plot_precision_recall(evaluator.coco_evals, prefix + "pr_curves.png", class_names)
+    write_confusion_matrix(evaluator, class_names, prefix + "confusion_matrix")

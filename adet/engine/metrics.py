@@ -100,7 +100,8 @@ class MetricsWriter:
         return sorted(self.iteration_times)[len(self.iteration_times) // 2] * (self.max_iter - iteration - 1)
 
     def write_iteration(self, iteration: int, losses: dict[str, float], lr: float, iteration_time: float,
-                        data_time: float) -> None:
+                        data_time: float, extra: dict[str, float] | None = None) -> None:
+        """One record of the losses and timings, plus ``extra`` scalars (what hooks put)."""
         self.tick(iteration, iteration_time)
         if self.output_dir is None:
             return
@@ -112,12 +113,7 @@ class MetricsWriter:
             record["eta_seconds"] = eta
         if torch.cuda.is_available():
             record["max_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-        with open(self.json_path, "a") as f:
-            f.write(json.dumps(record) + "\n")
-        if self.tensorboard is not None:
-            for key, value in record.items():
-                if key != "iteration":
-                    self.tensorboard.add_scalar(key, value, iteration)
+        self._append(dict(record, **(extra or {})))
         eta_text = str(datetime.timedelta(seconds=int(eta))) if eta == eta else "?"
         terms = "  ".join(f"{k}: {v:.4g}" for k, v in losses.items())
         logger.info("eta: %s  iter: %d  total_loss: %.4g  %s  time: %.3f  data_time: %.3f  lr: %.5g", eta_text,
@@ -125,16 +121,23 @@ class MetricsWriter:
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss {total:.3f} lr {lr:.2g}")
 
-    def write_evaluation(self, iteration: int, results: dict) -> None:
-        if self.output_dir is None or not results:
-            return
-        flat = flatten_results(results)
+    def _append(self, record: dict) -> None:
+        """One line of metrics.json, and each value (NaN excepted) to TensorBoard."""
         with open(self.json_path, "a") as f:
-            f.write(json.dumps({"iteration": iteration, **flat}) + "\n")
+            f.write(json.dumps(record) + "\n")
         if self.tensorboard is not None:
-            for key, value in flat.items():
-                if value == value:
-                    self.tensorboard.add_scalar(key, value, iteration)
+            for key, value in record.items():
+                if key != "iteration" and value == value:
+                    self.tensorboard.add_scalar(key, value, record["iteration"])
+
+    def write_scalars(self, iteration: int, scalars: dict[str, float]) -> None:
+        """A record of other scalars (a hook's validation loss...) at ``iteration``."""
+        if self.output_dir is not None and scalars:
+            self._append({"iteration": iteration, **scalars})
+
+    def write_evaluation(self, iteration: int, results: dict) -> None:
+        if self.output_dir is not None and results:
+            self._append({"iteration": iteration, **flatten_results(results)})
 
     def close(self) -> None:
         if self.tensorboard is not None:

@@ -70,14 +70,15 @@ def received_signal() -> int:
     return _received[0] if _received else 0
 
 
-def agree_to_stop() -> int:
-    """The stop signal any process received (0: carry on), the same on every process: one all-reduce over the
-    CPU-side group, so a GPU run does not wait for its stream."""
+def agree_to_stop(stop_asked_here: bool = False) -> tuple[int, bool]:
+    """(the stop signal any process received, 0: none; whether any process's ``stop_asked_here``: a hook such as
+    early stopping asked to end the run), the same on every process: one all-reduce over the CPU-side group, so a
+    GPU run does not wait for its stream."""
     if comm.get_world_size() == 1:
-        return received_signal()
-    flag = torch.tensor([received_signal()], dtype=torch.int64)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=comm.cpu_group())
-    return int(flag.item())
+        return received_signal(), stop_asked_here
+    flags = torch.tensor([received_signal(), int(stop_asked_here)], dtype=torch.int64)
+    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=comm.cpu_group())
+    return int(flags[0]), bool(flags[1])
 
 
 def reset() -> None:

@@ -1,9 +1,17 @@
-"""The training loop: a step function and the periodic work around it, which a reader can hold in their head.
+"""``DefaultTrainer``: detectron2's trainer, with the training loop in one readable method (:meth:`train_loop`).
+
+    trainer = DefaultTrainer(cfg)
+    trainer.register_hooks([EarlyStopping("segm/AP", patience=3)])   # adet.engine.hooks
+    trainer.resume_or_load(resume=False)
+    results = trainer.train()
+
+Subclass and override ``build_model``, ``build_optimizer``, ``build_lr_scheduler``, ``build_train_loader``,
+``build_test_loader``, ``build_evaluator`` or ``build_hooks`` (AdelaiDet's ``class Trainer(DefaultTrainer)``).
 
 The initial weights follow from the seed, and every iteration's randomness (data order, augmentation, proposal
 sampling) from (seed, iteration): a run with SEED >= 0 is repeatable, and one resumed from a checkpoint produces the
-same losses as one that never stopped. A stop signal (``preemption.py``) ends the run at an iteration boundary with
-a resumable checkpoint of that iteration.
+same losses as one that never stopped; hooks' ``state_dict`` is saved in every checkpoint and restored too. A stop
+signal (``preemption.py``) ends the run at an iteration boundary with a resumable checkpoint of that iteration.
 """
 
 from __future__ import annotations
@@ -11,72 +19,40 @@ from __future__ import annotations
 import logging
 import math
 import os
-import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass
 
 import torch
-import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from adet.checkpoint import DetectionCheckpointer, resume_checkpoint
 from adet.config import CfgNode
-from adet.data import MetadataCatalog, build_detection_train_loader
-from adet.data.build import check_num_classes
+from adet.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
+from adet.data.build import check_num_classes, position_train_loader
 from adet.errors import Preempted, TrainingDivergedError
+from adet.evaluation import COCOEvaluator
 from adet.modeling import build_model
-from adet.modeling.embedmask import EmbedMask
-from adet.solver import WarmupLRScheduler, build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
-from adet.utils import comm
+from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
+from adet.utils import comm, events
 from adet.utils.plots import plot_training_curves
 
 from . import preemption
-from .evaluate import evaluate_datasets
+from .best_model import read_best, save_if_best
+from .evaluate import evaluate_datasets, inference_folder
+from .hooks import HookBase
 from .metrics import MetricsWriter
+from .reproducibility import configure_determinism, seed_rng, shared_seed
 
 logger = logging.getLogger(__name__)
 
 
-def seed_rng(seed: int, iteration: int | None = None) -> None:
-    """The one place torch's RNG is seeded: from the run's seed before the model is built (``iteration`` None:
-    the initial weights), and from (seed, iteration, rank) before each step (proposal sampling), so that a resumed
-    run draws what an uninterrupted one would."""
-    if iteration is None:
-        torch.manual_seed(seed)
-    else:
-        torch.manual_seed((seed * 1000003 + iteration * 1009 + comm.get_rank()) % (2**63))
-
-
-def shared_seed(cfg_seed: int) -> int:
-    """cfg.SEED, or (when negative) a random seed drawn on rank 0 and shared with every process."""
-    if cfg_seed >= 0:
-        return cfg_seed
-    seed = torch.tensor([random.SystemRandom().randrange(2**31)])
-    if comm.get_world_size() > 1:
-        dist.broadcast(seed, src=0)
-    return int(seed.item())
-
-
-def configure_determinism(cfg) -> None:
-    """DETERMINISTIC: torch's deterministic algorithms (warning for an op that has none), deterministic cuDNN
-    without autotuning, and a fixed cuBLAS workspace (read when cuBLAS starts, so set before any CUDA work)."""
-    if not cfg.DETERMINISTIC:
-        return
-    if cfg.CUDNN_BENCHMARK:
-        logger.warning("CUDNN_BENCHMARK True is overridden by DETERMINISTIC True")
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
-
-
-def check_finite(loss_dict: dict[str, torch.Tensor], iteration: int) -> None:
-    values = torch.stack([v.detach().float() for v in loss_dict.values()])
-    if bool(torch.isfinite(values).all()):  # one device sync per iteration, not one per term
-        return
-    terms = ", ".join(f"{k}={v}" for k, v in zip(loss_dict, values.tolist()) if not math.isfinite(v))
+def check_finite(loss_dict: dict[str, torch.Tensor], iteration: int) -> dict[str, float]:
+    """The losses as floats (one device sync per iteration, not one per term); an error naming the bad terms."""
+    values = dict(zip(loss_dict, torch.stack([v.detach().float() for v in loss_dict.values()]).tolist()))
+    if all(math.isfinite(v) for v in values.values()):
+        return values
+    terms = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
     raise TrainingDivergedError(f"training diverged at iteration {iteration}: {terms}; lower SOLVER.BASE_LR or "
                                 "enable SOLVER.CLIP_GRADIENTS, then --resume from the last checkpoint")
 
@@ -86,7 +62,7 @@ def reduce_for_logging(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
     names = sorted(loss_dict)
     values = torch.stack([loss_dict[k].detach().float() for k in names])
     if comm.get_world_size() > 1:
-        dist.all_reduce(values)
+        torch.distributed.all_reduce(values)
         values /= comm.get_world_size()
     return dict(zip(names, values.tolist()))
 
@@ -103,25 +79,6 @@ def dataset_classes(cfg) -> tuple[list[str] | None, list[int] | None]:
     return names, ids
 
 
-@dataclass
-class TrainingState:
-    """Everything the loop needs; ``model`` is the bare model, ``train_model`` its DDP wrapper (or itself)."""
-
-    cfg: CfgNode
-    model: EmbedMask
-    train_model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: WarmupLRScheduler
-    scaler: torch.amp.GradScaler  # disabled unless SOLVER.AMP on a GPU: then scale/step/update pass through
-    checkpointer: DetectionCheckpointer
-    loader: torch.utils.data.DataLoader
-    start_iter: int
-    seed: int
-    # The checkpoint resumed from was written when a stop signal cut the evaluation of its iteration short: the
-    # resumed run evaluates that iteration first.
-    pending_evaluation: bool = False
-
-
 def remove_stale_temporaries(output_dir: str) -> None:
     """Partial files of a save that was killed midway (never a .pth: saves are atomic renames)."""
     if comm.is_main_process() and os.path.isdir(output_dir):
@@ -130,227 +87,354 @@ def remove_stale_temporaries(output_dir: str) -> None:
                 os.remove(os.path.join(output_dir, name))
 
 
-def build_training(cfg, resume: bool = False) -> TrainingState:
-    """Model, optimizer, schedule and data, restored from OUTPUT_DIR's last checkpoint when resuming (model,
-    optimizer, schedule, iteration and data order) or initialised from MODEL.WEIGHTS."""
-    world_size = comm.get_world_size()
-    cfg = scale_for_world_size(cfg, world_size)
-    configure_determinism(cfg)
-    seed = shared_seed(cfg.SEED)
-    seed_rng(seed)  # the initial weights too are a function of the seed, whoever calls this
-    model = build_model(cfg)
-    optimizer = build_optimizer(cfg, model)
-    scheduler = build_lr_scheduler(cfg, optimizer)
-    scaler = torch.amp.GradScaler("cuda", enabled=cfg.SOLVER.AMP.ENABLED and model.device.type == "cuda")
-    checkpointables = {"optimizer": optimizer, "scheduler": scheduler}
-    if scaler.is_enabled():
-        checkpointables["scaler"] = scaler
-    checkpointer = DetectionCheckpointer(model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
-                                         **checkpointables)
-    remove_stale_temporaries(cfg.OUTPUT_DIR)
-    resume_from = resume_checkpoint(cfg.OUTPUT_DIR) if resume else None  # an error if what was saved is unusable
-    if resume_from is not None:
-        extra = checkpointer.load(resume_from)
-        start_iter, seed = int(extra["iteration"]) + 1, int(extra["seed"])
-        pending_evaluation = bool(extra.get("evaluation_pending", False))
-        logger.info("Resuming from %s at iteration %d", resume_from, start_iter)
-    else:
-        checkpointer.load(cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
-        start_iter, pending_evaluation = 0, False
-    loader = build_detection_train_loader(cfg, seed, start_iter)
-    model.class_names, model.category_ids = dataset_classes(cfg)
-    train_model = model
-    if world_size > 1:
-        device_ids = [model.device.index] if model.device.type == "cuda" else None
-        # Per-process BatchNorm statistics, as the official training (broadcast_buffers=False).
-        with warnings.catch_warnings():  # newer torch renames the option; its meaning here is unchanged
-            warnings.simplefilter("ignore", FutureWarning)
-            train_model = DistributedDataParallel(model, device_ids=device_ids, broadcast_buffers=False)
-    return TrainingState(cfg, model, train_model, optimizer, scheduler, scaler, checkpointer, loader, start_iter,
-                         seed, pending_evaluation)
+def single_dataset_results(results: dict | None) -> dict:
+    """detectron2's ``test`` returns {task: ...} when DATASETS.TEST has one dataset, {dataset: {task: ...}} else."""
+    results = results or {}
+    return next(iter(results.values())) if len(results) == 1 else results
 
 
-def train_step(state: TrainingState, data: list[dict], iteration: int) -> tuple[dict[str, torch.Tensor], float]:
-    """One optimisation step on one batch; returns the losses and the learning rate it used."""
-    cfg, model = state.cfg, state.model
-    seed_rng(state.seed, iteration)
-    # AMP: float16 on GPUs (with the gradient scaler), bfloat16 on the CPU.
-    dtype = torch.float16 if model.device.type == "cuda" else torch.bfloat16
-    with torch.autocast(model.device.type, dtype=dtype, enabled=cfg.SOLVER.AMP.ENABLED):
-        loss_dict = state.train_model(data)
-    check_finite(loss_dict, iteration)
-    state.optimizer.zero_grad(set_to_none=True)
-    state.scaler.scale(sum(loss_dict.values())).backward()
-    state.scaler.unscale_(state.optimizer)
-    clip_gradients(cfg, model)
-    state.scaler.step(state.optimizer)
-    state.scaler.update()
-    lr = state.optimizer.param_groups[0]["lr"]
-    state.scheduler.step()
-    return loss_dict, lr
+def _device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
 
 
-def headline_metric(results: dict) -> tuple[str, float] | None:
-    """What model_best.pth is chosen by: segm AP of the first test dataset (bbox AP if it has no masks)."""
-    if not results:
-        return None
-    tasks = next(iter(results.values()))
-    task = "segm" if "segm" in tasks else "bbox"
-    value = tasks.get(task, {}).get("AP")
-    return (f"{task}/AP", value) if value is not None and value == value else None
+class DefaultTrainer:
+    """Attributes hooks use: ``cfg``, ``model`` (the bare model; ``train_model`` is its DDP wrapper), ``optimizer``,
+    ``scheduler``, ``checkpointer``, ``data_loader`` (built when training starts), ``storage``, ``iter``,
+    ``start_iter``, ``max_iter``, ``seed``."""
 
+    def __init__(self, cfg: CfgNode):
+        cfg = scale_for_world_size(cfg, comm.get_world_size())
+        configure_determinism(cfg)
+        self.cfg = cfg
+        self.seed = shared_seed(cfg.SEED)
+        seed_rng(self.seed)  # the initial weights too are a function of the seed
+        self.model = self.build_model(cfg)
+        self.optimizer = self.build_optimizer(cfg, self.model)
+        self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
+        # Disabled unless SOLVER.AMP on a GPU: then scale/step/update pass through.
+        on_gpu = _device(self.model).type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.SOLVER.AMP.ENABLED and on_gpu)
+        checkpointables = {"optimizer": self.optimizer, "scheduler": self.scheduler}
+        if self.scaler.is_enabled():
+            checkpointables["scaler"] = self.scaler
+        self.checkpointer = DetectionCheckpointer(self.model, cfg.OUTPUT_DIR, save_to_disk=comm.is_main_process(),
+                                                  **checkpointables)
+        self.start_iter = self.iter = 0
+        self.max_iter = cfg.SOLVER.MAX_ITER
+        self.storage = events.EventStorage()
+        self.train_model: torch.nn.Module = self.model
+        self.data_loader = None
+        self.last_results: dict = {}  # {dataset: {task: ...}} of the last evaluation
+        self._hooks: list[HookBase] = []
+        self._hook_states: dict = {}  # from the checkpoint resumed from, for hooks registered later too
+        self._stop_reason: str | None = None
+        self._pending_evaluation = False
+        self._loaded = False
+        self.register_hooks(self.build_hooks())
 
-def read_best(output_dir: str) -> float:
-    """The metric of an earlier run's model_best.pth in ``output_dir`` (so a resumed run keeps the real best)."""
-    path = os.path.join(output_dir, "model_best.pth")
-    if not os.path.isfile(path):
-        return float("-inf")
-    try:
-        return float(torch.load(path, map_location="cpu", weights_only=True).get("best_metric", {}).get("value"))
-    except Exception:  # noqa: BLE001 - an unreadable old file is simply replaced by the next best
-        return float("-inf")
+    # ---- what a subclass overrides ---------------------------------------------------------------------------------
+    @classmethod
+    def build_model(cls, cfg) -> torch.nn.Module:
+        return build_model(cfg)
 
+    @classmethod
+    def build_optimizer(cls, cfg, model: torch.nn.Module) -> torch.optim.Optimizer:
+        return build_optimizer(cfg, model)
 
-def save_if_best(state: TrainingState, results: dict, iteration: int, extra: dict, best: float) -> float:
-    """Write model_best.pth (weights only) when this evaluation beats every earlier one; returns the best so far."""
-    metric = headline_metric(results)
-    if not comm.is_main_process() or metric is None or metric[1] <= best:
-        return best
-    name, value = metric
-    state.checkpointer.save("model_best", resumable=False, **extra,
-                            best_metric={"name": name, "value": value, "iteration": iteration})
-    logger.info("New best %s %.2f at iteration %d: saved model_best.pth", name, value, iteration)
-    return value
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer: torch.optim.Optimizer):
+        return build_lr_scheduler(cfg, optimizer)
 
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg)
 
-def periodic_work(state: TrainingState, iteration: int, writer: MetricsWriter, best: float,
-                  config_text: str) -> tuple[dict, float]:
-    """Checkpoints (every SOLVER.CHECKPOINT_PERIOD iterations and at the last), model_final.pth, and evaluations
-    (every TEST.EVAL_PERIOD and at the last) with model_best.pth. Returns (results: {} when there was no evaluation,
-    None when a stop signal cut it short; the best metric so far)."""
-    cfg = state.cfg
-    last = iteration == cfg.SOLVER.MAX_ITER - 1
-    extra = checkpoint_extra(state, iteration, config_text)
-    period = cfg.SOLVER.CHECKPOINT_PERIOD
-    if period > 0 and ((iteration + 1) % period == 0 or last):
-        state.checkpointer.save(f"model_{iteration:07d}", **extra)  # resumable
-    if last:
-        state.checkpointer.save("model_final", resumable=False, **extra)
-    eval_period = cfg.TEST.EVAL_PERIOD
-    if not cfg.DATASETS.TEST or not (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
-        return {}, best
-    return evaluate(state, iteration, writer, best, extra)
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name: str):
+        return build_detection_test_loader(cfg, dataset_name)
 
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name: str, output_folder: str | None = None):
+        return COCOEvaluator(dataset_name, output_dir=output_folder or inference_folder(cfg, dataset_name))
 
-def evaluate(state: TrainingState, iteration: int, writer: MetricsWriter, best: float, extra: dict
-             ) -> tuple[dict | None, float]:
-    """Evaluate the weights of ``iteration`` and keep model_best.pth; (None, best) when a stop signal cut it short."""
-    results = evaluate_datasets(state.cfg, state.model, should_stop=preemption.stop_requested)
-    comm.wait_for_evaluation()  # rank 0 may score for long: the others wait here, not in a training collective
-    state.train_model.train()
-    if results is None:
-        return None, best
-    writer.write_evaluation(iteration, results)
-    return results, save_if_best(state, results, iteration, extra, best)
+    def build_hooks(self) -> list[HookBase]:
+        """Hooks every run of this trainer has (none: checkpoints, evaluation, metrics and stop signals are the
+        loop's own). A subclass returns ``super().build_hooks() + [...]``."""
+        return []
 
+    @classmethod
+    def test(cls, cfg, model: torch.nn.Module, evaluators=None) -> dict:
+        """Evaluate ``model`` on DATASETS.TEST with ``evaluators`` (one, or one per dataset) or
+        :meth:`build_evaluator`'s; detectron2's result layout (:func:`single_dataset_results`)."""
+        if evaluators is not None and not isinstance(evaluators, (list, tuple)):
+            evaluators = [evaluators]
+        results = evaluate_datasets(cfg, model, build_test_loader=cls.build_test_loader,
+                                    build_evaluator=cls.build_evaluator, evaluators=evaluators)
+        return single_dataset_results(results)
 
-def checkpoint_extra(state: TrainingState, iteration: int, config_text: str) -> dict:
-    """What a checkpoint of ``iteration`` holds besides the model and the optimizer state."""
-    return {"iteration": iteration, "seed": state.seed, "config": config_text}
+    # ---- hooks -----------------------------------------------------------------------------------------------------
+    def register_hooks(self, hooks: list[HookBase | None]) -> None:
+        for hook in hooks:
+            if hook is not None:
+                hook.trainer = self
+                self._hooks.append(hook)
 
+    def _call(self, method: str, *args) -> None:
+        for hook in self._hooks:
+            getattr(hook, method)(*args)
 
-def stop_on_signal(state: TrainingState, iteration: int, signum: int, config_text: str,
-                   evaluation_pending: bool = False) -> None:
-    """Save a resumable checkpoint of ``iteration`` (unless the periodic one just did; marked when its evaluation
-    is still to be done), requeue the SLURM job when asked, and raise :class:`Preempted` on every process once rank
-    0 has saved."""
-    name = f"model_{iteration:07d}"
-    path = os.path.join(state.cfg.OUTPUT_DIR, f"{name}.pth")
-    if evaluation_pending or state.checkpointer.get_checkpoint_file() != path:
-        start = time.perf_counter()
-        extra = checkpoint_extra(state, iteration, config_text)
-        state.checkpointer.save(name, **extra, **({"evaluation_pending": True} if evaluation_pending else {}))
+    def _hook_keys(self) -> list[str]:
+        """A stable name per hook for its saved state: the class name, numbered when a class is registered twice."""
+        names = [type(hook).__qualname__ for hook in self._hooks]
+        return [name if names.count(name) == 1 else f"{name}.{names[:i].count(name)}" for i, name in enumerate(names)]
+
+    def hooks_state_dict(self) -> dict:
+        states = {key: hook.state_dict() for key, hook in zip(self._hook_keys(), self._hooks)}
+        return {key: state for key, state in states.items() if state}
+
+    def _restore_hook_states(self) -> None:
+        for key, hook in zip(self._hook_keys(), self._hooks):
+            if key in self._hook_states:
+                hook.load_state_dict(self._hook_states[key])
+            elif self._hook_states and hook.state_dict():
+                logger.warning("The checkpoint resumed from has no state for hook %s: it starts afresh", key)
+
+    def request_stop(self, reason: str) -> None:
+        """End the run after this iteration, with model_final.pth and a resumable checkpoint (early stopping)."""
+        logger.info("%s: stopping after iteration %d", reason, self.iter)
+        self._stop_reason = reason
+
+    # ---- loading ---------------------------------------------------------------------------------------------------
+    def resume_or_load(self, resume: bool = True) -> None:
+        """With ``resume`` and a checkpoint in OUTPUT_DIR, continue from it (model, optimizer, schedule, iteration,
+        data order, hooks); otherwise initialise from MODEL.WEIGHTS (leniently: other classes are fine-tuning)."""
+        remove_stale_temporaries(self.cfg.OUTPUT_DIR)
+        resume_from = resume_checkpoint(self.cfg.OUTPUT_DIR) if resume else None  # an error if it is unusable
+        if resume_from is not None:
+            extra = self.checkpointer.load(resume_from)
+            self.start_iter, self.seed = int(extra["iteration"]) + 1, int(extra["seed"])
+            # Written when a stop signal cut its evaluation short: the resumed run evaluates that iteration first.
+            self._pending_evaluation = bool(extra.get("evaluation_pending", False))
+            self._hook_states = extra.get("hooks", {})
+            logger.info("Resuming from %s at iteration %d", resume_from, self.start_iter)
+        else:
+            self.checkpointer.load(self.cfg.MODEL.WEIGHTS, checkpointables=[], strict=False)
+        self.iter = self.start_iter
+        self._loaded = True
+
+    # ---- training --------------------------------------------------------------------------------------------------
+    def train(self, log_period: int = 20) -> dict:
+        """Train to SOLVER.MAX_ITER; returns the last evaluation (:meth:`test`'s layout)."""
+        if not self._loaded:
+            self.resume_or_load(resume=False)
+        with preemption.stop_signals_handled():
+            self.train_loop(log_period)
+        return single_dataset_results(self.last_results)
+
+    def _prepare(self) -> None:
+        """The loader at this run's position, class names for the checkpoints, and the DDP wrapper."""
+        self.data_loader = self.build_train_loader(self.cfg)
+        if not position_train_loader(self.data_loader, self.seed, self.start_iter) and self.start_iter:
+            logger.warning("build_train_loader returned a loader not made by build_detection_train_loader: a resumed "
+                           "run sees other batches than an uninterrupted one would")
+        self.model.class_names, self.model.category_ids = dataset_classes(self.cfg)
+        if comm.get_world_size() > 1 and self.train_model is self.model:
+            device = _device(self.model)
+            # Per-process BatchNorm statistics, as the official training (broadcast_buffers=False).
+            with warnings.catch_warnings():  # newer torch renames the option; its meaning here is unchanged
+                warnings.simplefilter("ignore", FutureWarning)
+                self.train_model = DistributedDataParallel(
+                    self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+
+    def train_loop(self, log_period: int = 20) -> None:
+        """Iterate to SOLVER.MAX_ITER with checkpoints and evaluations; leaves the last results in last_results."""
+        self._prepare()
+        self._restore_hook_states()
+        cfg, max_iter = self.cfg, self.max_iter
+        self.writer = MetricsWriter(cfg.OUTPUT_DIR if comm.is_main_process() else None, max_iter, self.start_iter)
+        logger.info("Training %d iterations from %d (seed %d, %d process(es), %d images per step)", max_iter,
+                    self.start_iter, self.seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
+        self.best = read_best(cfg.OUTPUT_DIR)
+        self.config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long per iteration
+        data_iter = None
+        events._current.append(self.storage)
+        self._call("before_train")
+        try:
+            if self._pending_evaluation:
+                self.evaluate_pending()
+            if self.start_iter >= max_iter:
+                logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
+                            "SOLVER.MAX_ITER to train further.", self.start_iter, max_iter)
+                return
+            self.train_model.train()
+            data_iter = iter(self.data_loader)
+            with self.writer.progress():
+                for iteration in range(self.start_iter, max_iter):
+                    self.iter = self.storage.iter = iteration
+                    self._call("before_step")
+                    tic = time.perf_counter()
+                    data = next(data_iter)
+                    data_time = time.perf_counter() - tic
+                    loss_dict, losses, lr = self.run_step(data)
+                    step_time = time.perf_counter() - tic
+                    log_now = (self.iter + 1) % log_period == 0 or self.iter in (self.start_iter, max_iter - 1)
+                    if log_now:
+                        losses = reduce_for_logging(loss_dict)
+                    self.storage.put_scalars(total_loss=sum(losses.values()), **losses, lr=lr)
+                    self.storage.take_pending()  # the writer gets these from here, not as a hook's scalars
+                    self._call("after_step")
+                    self.write_metrics(losses, lr, step_time, data_time, log_now)
+                    evaluation_interrupted = self.periodic_work()
+                    if self.stop_if_asked(evaluation_interrupted):
+                        break
+        finally:
+            # The loader's workers end now, however the loop ended: an error raised in next() leaves the iterator
+            # in its traceback, which could keep them (and their memory) for the rest of a Python session.
+            shutdown_workers = getattr(data_iter, "_shutdown_workers", None)  # torch's own iterator cleanup
+            if shutdown_workers is not None:
+                shutdown_workers()
+            del data_iter
+            self.writer.close()
+            self._call("after_train")
+            events._current.remove(self.storage)
+        self.write_plots()
+
+    def run_step(self, data: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
+        """One optimisation step on one batch; returns the losses (tensors and floats) and the learning rate."""
+        seed_rng(self.seed, self.iter)
+        # AMP: float16 on GPUs (with the gradient scaler), bfloat16 on the CPU.
+        device_type = _device(self.model).type
+        dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
+        with torch.autocast(device_type, dtype=dtype, enabled=self.cfg.SOLVER.AMP.ENABLED):
+            loss_dict = self.train_model(data)
+        losses = check_finite(loss_dict, self.iter)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(loss_dict.values())).backward()
+        self._call("after_backward")
+        self.scaler.unscale_(self.optimizer)
+        clip_gradients(self.cfg, self.model)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return loss_dict, losses, lr
+
+    def write_metrics(self, losses: dict[str, float], lr: float, step_time: float, data_time: float,
+                      log_now: bool) -> None:
+        """The console line and metrics.json at log iterations (losses averaged over processes), and what hooks
+        put in the storage since the last write."""
+        hook_scalars = self.storage.take_pending()
+        if log_now:
+            self.writer.write_iteration(self.iter, losses, lr, step_time, data_time, hook_scalars)
+        else:
+            self.writer.tick(self.iter, step_time)
+            self.writer.write_scalars(self.iter, hook_scalars)
+
+    def checkpoint_extra(self) -> dict:
+        """What a checkpoint of this iteration holds besides the model and the optimizer state."""
+        return {"iteration": self.iter, "seed": self.seed, "config": self.config_text,
+                "hooks": self.hooks_state_dict()}
+
+    def periodic_work(self) -> bool:
+        """Evaluations (every TEST.EVAL_PERIOD and at the last) with model_best.pth, then checkpoints (every
+        SOLVER.CHECKPOINT_PERIOD iterations and at the last; after the evaluation, so that they hold what hooks
+        made of it) and model_final.pth. Returns whether a stop signal cut the evaluation short."""
+        cfg, iteration = self.cfg, self.iter
+        last = iteration == self.max_iter - 1
+        eval_period = cfg.TEST.EVAL_PERIOD
+        if cfg.DATASETS.TEST and (last or (eval_period > 0 and (iteration + 1) % eval_period == 0)):
+            if not self.evaluate():
+                return True
+        period = cfg.SOLVER.CHECKPOINT_PERIOD
+        if period > 0 and ((iteration + 1) % period == 0 or last):
+            self.save(f"model_{iteration:07d}")
+        if last:
+            self.save("model_final", resumable=False)
+        return False
+
+    def save(self, name: str, resumable: bool = True, **extra) -> None:
+        self.checkpointer.save(name, resumable=resumable, **self.checkpoint_extra(), **extra)
+        self._call("after_save")
+
+    def evaluate(self) -> bool:
+        """Evaluate the weights of this iteration, keep model_best.pth and run the hooks' ``after_eval``; False
+        when a stop signal cut it short."""
+        results = evaluate_datasets(self.cfg, self.model, should_stop=preemption.stop_requested,
+                                    build_test_loader=self.build_test_loader, build_evaluator=self.build_evaluator)
+        comm.wait_for_evaluation()  # rank 0 may score for long: the others wait here, not in a training collective
+        self.train_model.train()
+        if results is None:
+            return False
+        self.last_results = results
+        self.writer.write_evaluation(self.iter, results)
+        self.best = save_if_best(self.checkpointer, results, self.iter, self.checkpoint_extra(), self.best)
+        self._call("after_eval", single_dataset_results(results))
+        self.writer.write_scalars(self.iter, self.storage.take_pending())
+        return True
+
+    def evaluate_pending(self) -> None:
+        """The evaluation of the iteration resumed from, which a stop signal had interrupted."""
+        self.iter = self.start_iter - 1
+        logger.info("Evaluating iteration %d first: a stop signal interrupted its evaluation", self.iter)
+        interrupted = not self.evaluate()
+        self.stop_if_asked(interrupted)
+        if not interrupted:  # its checkpoint, now without the mark and with what hooks made of the evaluation
+            self.save(f"model_{self.iter:07d}")
+            if self.iter == self.max_iter - 1:
+                self.save("model_final", resumable=False)
+
+    def stop_if_asked(self, evaluation_interrupted: bool) -> bool:
+        """At an iteration boundary: when any process received a stop signal (the same answer on every process),
+        stop with a checkpoint of this iteration (after the last there is nothing to save unless its evaluation was
+        cut short). True when a hook asked to end the run: then it ends with model_final.pth and a checkpoint."""
+        signum, hook_stop = preemption.agree_to_stop(self._stop_reason is not None)
+        last = self.iter >= self.max_iter - 1
+        if signum and (not last or evaluation_interrupted):
+            self.stop_on_signal(signum, evaluation_pending=evaluation_interrupted)
+        if hook_stop and not last:
+            if self.checkpointer.get_checkpoint_file() != self._checkpoint_path():
+                self.save(f"model_{self.iter:07d}")
+            self.save("model_final", resumable=False)
+            logger.info("Run ended after iteration %d: %s", self.iter, self._stop_reason or "a hook of another "
+                        "process asked to stop")
+            return True
+        return False
+
+    def _checkpoint_path(self) -> str:
+        return os.path.join(self.cfg.OUTPUT_DIR, f"model_{self.iter:07d}.pth")
+
+    def stop_on_signal(self, signum: int, evaluation_pending: bool = False) -> None:
+        """Save a resumable checkpoint of this iteration (unless the periodic one just did; marked when its
+        evaluation is still to be done), requeue the SLURM job when asked, and raise :class:`Preempted` on every
+        process once rank 0 has saved."""
+        path = self._checkpoint_path()
+        if evaluation_pending or self.checkpointer.get_checkpoint_file() != path:
+            start = time.perf_counter()
+            self.save(f"model_{self.iter:07d}", **({"evaluation_pending": True} if evaluation_pending else {}))
+            if comm.is_main_process():
+                logger.info("Stop checkpoint written in %.2f s", time.perf_counter() - start)
+        requeued = ""
+        if comm.is_main_process() and preemption.requeue_requested():
+            requeued = "; " + preemption.requeue_slurm_job()
+        comm.wait_for_evaluation()  # the others exit only once the checkpoint is complete
+        message = (f"stopped by {signal.Signals(signum).name} after iteration {self.iter}: resumable checkpoint "
+                   f"{path}{requeued}; continue with --resume (a torchrun or SLURM restart resumes by itself)")
+        logger.info("%s", message)
+        raise Preempted(message, signum)
+
+    def write_plots(self) -> None:
         if comm.is_main_process():
-            logger.info("Stop checkpoint written in %.2f s", time.perf_counter() - start)
-    requeued = ""
-    if comm.is_main_process() and preemption.requeue_requested():
-        requeued = "; " + preemption.requeue_slurm_job()
-    comm.wait_for_evaluation()  # the others exit only once the checkpoint is complete
-    message = (f"stopped by {signal.Signals(signum).name} after iteration {iteration}: resumable checkpoint {path}"
-               f"{requeued}; continue with --resume (a torchrun or SLURM restart resumes by itself)")
-    logger.info("%s", message)
-    raise Preempted(message, signum)
-
-
-def evaluate_pending(state: TrainingState, writer: MetricsWriter, best: float, config_text: str
-                     ) -> tuple[dict, float]:
-    """The evaluation of the iteration resumed from, which a stop signal had interrupted."""
-    iteration = state.start_iter - 1
-    logger.info("Evaluating iteration %d first: a stop signal interrupted its evaluation", iteration)
-    evaluation, best = evaluate(state, iteration, writer, best, checkpoint_extra(state, iteration, config_text))
-    stop_if_asked(state, iteration, config_text, evaluation is None)
-    return evaluation or {}, best
-
-
-def stop_if_asked(state: TrainingState, iteration: int, config_text: str, evaluation_interrupted: bool) -> None:
-    """At an iteration boundary: when any process received a stop signal (the same answer on every process),
-    stop with a checkpoint of ``iteration``. After the last iteration there is nothing to save unless its
-    evaluation was cut short."""
-    signum = preemption.agree_to_stop()
-    if signum and (iteration < state.cfg.SOLVER.MAX_ITER - 1 or evaluation_interrupted):
-        stop_on_signal(state, iteration, signum, config_text, evaluation_pending=evaluation_interrupted)
-
-
-def run_training(state: TrainingState, log_period: int = 20) -> dict:
-    """Iterate to SOLVER.MAX_ITER with checkpoints and evaluations; returns the last evaluation's results."""
-    cfg, max_iter = state.cfg, state.cfg.SOLVER.MAX_ITER
-    writer = MetricsWriter(cfg.OUTPUT_DIR if comm.is_main_process() else None, max_iter, state.start_iter)
-    logger.info("Training %d iterations from %d (seed %d, %d process(es), %d images per step)", max_iter,
-                state.start_iter, state.seed, comm.get_world_size(), cfg.SOLVER.IMS_PER_BATCH)
-    results, best = {}, read_best(cfg.OUTPUT_DIR)
-    config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long to repeat per iteration
-    data_iter = None
-    try:
-        if state.pending_evaluation:
-            results, best = evaluate_pending(state, writer, best, config_text)
-        if state.start_iter >= max_iter:
-            logger.info("Training already finished (iteration %d of SOLVER.MAX_ITER %d); nothing to do. Raise "
-                        "SOLVER.MAX_ITER to train further.", state.start_iter, max_iter)
-            return results
-        state.train_model.train()
-        data_iter = iter(state.loader)
-        with writer.progress():
-            for iteration in range(state.start_iter, max_iter):
-                tic = time.perf_counter()
-                data = next(data_iter)
-                data_time = time.perf_counter() - tic
-                loss_dict, lr = train_step(state, data, iteration)
-                if (iteration + 1) % log_period == 0 or iteration in (state.start_iter, max_iter - 1):
-                    writer.write_iteration(iteration, reduce_for_logging(loss_dict), lr, time.perf_counter() - tic,
-                                           data_time)
-                else:
-                    writer.tick(iteration, time.perf_counter() - tic)
-                evaluation, best = periodic_work(state, iteration, writer, best, config_text)
-                results = evaluation or results
-                stop_if_asked(state, iteration, config_text, evaluation is None)
-    finally:
-        # The loader's workers end now, however the loop ended: an error raised in next() leaves the iterator in
-        # its traceback, which could keep them (and their memory) for the rest of a Python session.
-        shutdown_workers = getattr(data_iter, "_shutdown_workers", None)  # torch's own iterator cleanup
-        if shutdown_workers is not None:
-            shutdown_workers()
-        del data_iter
-        writer.close()
-    if comm.is_main_process():
-        written = plot_training_curves(os.path.join(cfg.OUTPUT_DIR, "metrics.json"), os.path.join(cfg.OUTPUT_DIR,
-                                                                                                 "plots"))
-        if written:
-            logger.info("Training plots: %s", ", ".join(written))
-    comm.synchronize()
-    return results
+            written = plot_training_curves(os.path.join(self.cfg.OUTPUT_DIR, "metrics.json"),
+                                           os.path.join(self.cfg.OUTPUT_DIR, "plots"))
+            if written:
+                logger.info("Training plots: %s", ", ".join(written))
+        comm.synchronize()
 
 
 def train(cfg, resume: bool = False, log_period: int = 20) -> dict:
-    """Train ``cfg``'s model on DATASETS.TRAIN, checkpointing into OUTPUT_DIR; returns the final evaluation."""
-    with preemption.stop_signals_handled():
-        return run_training(build_training(cfg, resume), log_period)
+    """Train ``cfg``'s model on DATASETS.TRAIN, checkpointing into OUTPUT_DIR; returns the final evaluation as
+    {dataset: {task: {metric: value}}}."""
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume)
+    trainer.train(log_period)
+    return trainer.last_results

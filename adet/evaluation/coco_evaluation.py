@@ -114,7 +114,16 @@ class COCOEvaluator:
     ``"ground_truth"``, logged, and detailed in ``output_dir/ground_truth_report.json``."""
 
     def __init__(self, dataset_name: str, tasks: tuple[str, ...] | None = None, distributed: bool = True,
-                 output_dir: str | None = None, library: str | None = None):
+                 output_dir: str | None = None, library: str | None = None, *, max_dets_per_image: int | None = None,
+                 use_fast_impl: bool = True, kpt_oks_sigmas=(), allow_cached_coco: bool = True):
+        # detectron2's older signature passes the config second: COCOEvaluator(name, cfg, True, output_dir).
+        # use_fast_impl, kpt_oks_sigmas and allow_cached_coco are accepted for detectron2 scripts and change nothing
+        # here (the fast library is chosen by ``library``; EmbedMask has no keypoints).
+        if tasks is not None and not isinstance(tasks, (tuple, list)):
+            tasks = None
+        if max_dets_per_image not in (None, 100):
+            raise ValueError(f"COCOEvaluator max_dets_per_image {max_dets_per_image}: the COCO protocol scores 100 "
+                             "detections per image; change MODEL.FCOS.POST_NMS_TOPK_TEST instead")
         self.dataset_name = dataset_name
         self.distributed = distributed
         self.output_dir = output_dir
@@ -128,7 +137,7 @@ class COCOEvaluator:
         else:
             data, self.report = load_coco(json_file, require_annotations=False)
         self.coco_gt = coco_from_dict(self.coco_class, data)
-        self.tasks = tasks
+        self.tasks = tuple(tasks) if tasks is not None else None
         self.coco_evals: dict = {}
         self.predictions: list[dict] = []  # all processes' results, on the main process after evaluate()
         # Seconds per stage ("results to RLE", "write json", "<task> loadRes", "<task> evaluate", ...): logged, and

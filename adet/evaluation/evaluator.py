@@ -15,6 +15,52 @@ from adet.utils.comm import get_world_size, is_main_process
 logger = logging.getLogger(__name__)
 
 
+class DatasetEvaluator:
+    """detectron2's evaluator interface: ``reset()``, then ``process(inputs, outputs)`` per batch, then
+    ``evaluate()`` -> {task: {metric: value}} (on the main process; {} elsewhere)."""
+
+    def reset(self) -> None:
+        pass
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        pass
+
+    def evaluate(self) -> dict | None:
+        return {}
+
+
+class DatasetEvaluators(DatasetEvaluator):
+    """Several evaluators as one; their results are merged (a task reported twice is an error)."""
+
+    def __init__(self, evaluators: list):
+        self.evaluators = list(evaluators)
+
+    def reset(self) -> None:
+        for evaluator in self.evaluators:
+            evaluator.reset()
+
+    def process(self, inputs: list[dict], outputs: list[dict]) -> None:
+        for evaluator in self.evaluators:
+            evaluator.process(inputs, outputs)
+
+    def skip(self, inputs: list[dict]) -> None:
+        for evaluator in self.evaluators:
+            if hasattr(evaluator, "skip"):
+                evaluator.skip(inputs)
+
+    def evaluate(self) -> dict | None:
+        merged: dict = {}
+        for evaluator in self.evaluators:
+            results = evaluator.evaluate()
+            if results is None:
+                return None
+            for task, metrics in (results or {}).items():
+                if task in merged:
+                    raise KeyError(f"two evaluators both report {task!r}")
+                merged[task] = metrics
+        return merged
+
+
 def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator,
                          should_stop: Callable[[], bool] | None = None) -> dict | None:
     """Evaluate ``model`` (put in eval mode) on every batch of ``data_loader``; returns ``evaluator.evaluate()``,
@@ -37,10 +83,12 @@ def inference_on_dataset(model: torch.nn.Module, data_loader, evaluator,
         with torch.inference_mode():
             for index, inputs in enumerate(data_loader):
                 if should_stop is not None and should_stop():
+                    if not hasattr(evaluator, "interrupted"):  # only ours agree across processes to drop all
+                        return None
                     evaluator.interrupted = True
                     break
                 skipped = [x for x in inputs if "skipped" in x]  # images that could not be used (already warned)
-                if skipped:
+                if skipped and hasattr(evaluator, "skip"):  # a detectron2-style evaluator has no skip
                     evaluator.skip(skipped)
                     inputs = [x for x in inputs if "skipped" not in x]
                 tic = time.perf_counter()

@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from enum import IntEnum
 from typing import Iterator, Sequence
 
 import torch
+
+
+class BoxMode(IntEnum):
+    """How a dataset dict's ``bbox`` is written (detectron2's values)."""
+
+    XYXY_ABS = 0
+    XYWH_ABS = 1
 
 
 class Boxes:

@@ -7,8 +7,10 @@ import colorsys
 
 import cv2
 import numpy as np
+import pycocotools.mask as mask_util
 
-from adet.structures import Instances
+from adet.data.coco import xywh_box
+from adet.structures import Instances, segmentation_to_rle
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -90,3 +92,68 @@ def draw_instance_predictions(image_bgr: np.ndarray, instances: Instances, class
     masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
     return draw_instances(image_bgr, instances.pred_boxes.tensor.numpy(), instances.pred_classes.numpy(), masks,
                           instances.scores.numpy(), class_names, alpha)
+
+
+class ColorMode:
+    """detectron2's colour modes: IMAGE (the image under translucent masks), SEGMENTATION (the same here: colours
+    are per class already), IMAGE_BW (the image in grey outside the masks, to make the instances stand out)."""
+
+    IMAGE = 0
+    SEGMENTATION = 1
+    IMAGE_BW = 2
+
+
+class VisImage:
+    """The drawing: ``get_image()`` -> (H*scale, W*scale, 3) uint8 RGB; ``save(path)``."""
+
+    def __init__(self, drawn_bgr: np.ndarray, scale: float):
+        self.scale = scale
+        self._bgr = drawn_bgr if scale == 1.0 else cv2.resize(drawn_bgr, None, fx=scale, fy=scale,
+                                                              interpolation=cv2.INTER_AREA)
+
+    def get_image(self) -> np.ndarray:
+        return np.ascontiguousarray(self._bgr[:, :, ::-1])
+
+    def save(self, path: str) -> None:
+        if not cv2.imwrite(path, self._bgr):
+            raise OSError(f"{path}: could not write the image (unknown extension or unwritable location)")
+
+
+class Visualizer:
+    """detectron2's ``Visualizer(img_rgb, metadata, scale, instance_mode)``: ``draw_instance_predictions(instances)``
+    and ``draw_dataset_dict(record)`` return a :class:`VisImage`. Class names come from ``metadata.thing_classes``."""
+
+    def __init__(self, img_rgb: np.ndarray, metadata=None, scale: float = 1.0, instance_mode: int = ColorMode.IMAGE):
+        self.image_bgr = np.ascontiguousarray(np.asarray(img_rgb)[:, :, ::-1]).astype(np.uint8)
+        self.class_names = metadata.get("thing_classes") if metadata is not None else None
+        self.scale = scale
+        self.instance_mode = instance_mode
+
+    def _background(self, masks: np.ndarray | None) -> np.ndarray:
+        if self.instance_mode != ColorMode.IMAGE_BW:
+            return self.image_bgr
+        grey = cv2.cvtColor(cv2.cvtColor(self.image_bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+        if masks is not None and len(masks):
+            inside = masks.any(axis=0)
+            grey[inside] = self.image_bgr[inside]
+        return grey
+
+    def draw_instance_predictions(self, predictions: Instances) -> VisImage:
+        predictions = predictions.to("cpu")
+        masks = predictions.pred_masks.numpy().astype(bool) if predictions.has("pred_masks") else None
+        drawn = draw_instance_predictions(self._background(masks), predictions, self.class_names)
+        return VisImage(drawn, self.scale)
+
+    def draw_dataset_dict(self, record: dict) -> VisImage:
+        """The ground truth of a dataset dict (boxes in either BoxMode, polygon or RLE masks, contiguous ids)."""
+        annotations = [a for a in record.get("annotations", []) if not a.get("iscrowd", 0)]
+        height, width = self.image_bgr.shape[:2]
+        boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in map(xywh_box, annotations)], np.float64)
+        masks = None
+        if annotations and all("segmentation" in a for a in annotations):
+            masks = np.stack([mask_util.decode(segmentation_to_rle(a["segmentation"], height, width)).astype(bool)
+                              for a in annotations])
+        class_ids = np.array([a["category_id"] for a in annotations], np.int64)
+        drawn = draw_instances(self._background(masks), boxes.reshape(-1, 4), class_ids, masks, None,
+                               self.class_names)
+        return VisImage(drawn, self.scale)
