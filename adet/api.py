@@ -7,6 +7,13 @@
     result.save("drawn.jpg"); coco_results = result.to_json()
 
 Official checkpoints carry no config: ``adet.load("models/EmbedMask_R_50_1x.pth", config="EmbedMask/MS_R_50_1x.yaml")``.
+A config alone (``adet.load("EmbedMask/Synthetic.yaml")``) gives its untrained model. Training, evaluation and export
+as Ultralytics has them (``training_api.py``):
+
+    model.add_callback("on_fit_epoch_end", lambda trainer: print(trainer.iter, trainer.last_results))
+    model.train(data={"train": ("train.json", "images/"), "val": "my_val"}, iterations=2000, batch=8)
+    metrics = model.val(data="my_val")                              # {"bbox": {...}, "segm": {"AP": ...}}
+    model.export("model.onnx")
 """
 
 from __future__ import annotations
@@ -17,11 +24,14 @@ from typing import Any, Sequence
 import cv2
 import numpy as np
 
+from adet import training_api
 from adet.cli.options import resolve_config
 from adet.config import CfgNode
 from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, read_image
 from adet.engine import DefaultPredictor
+from adet.engine.hooks import Callbacks
+from adet.engine.trainer import single_dataset_results
 from adet.evaluation import instances_to_coco_json
 from adet.export import ONNXPredictor
 from adet.structures import Instances
@@ -115,15 +125,47 @@ class Predictor:
     """
 
     def __init__(self, cfg_or_backend, min_score: float = 0.0):
+        self.min_score = min_score
+        self.callbacks: dict[str, list] = {}
+        self.trainer = None  # the DefaultTrainer of the last train()
+        self._use(cfg_or_backend)
+
+    def _use(self, cfg_or_backend) -> None:
         self.predictor = DefaultPredictor(cfg_or_backend) if isinstance(cfg_or_backend, CfgNode) else cfg_or_backend
         self.cfg = cfg = self.predictor.cfg
-        self.min_score = min_score
         self.class_names = self.predictor.class_names or _dataset_metadata(cfg, "thing_classes")
         self.category_ids = self.predictor.category_ids
         if self.category_ids is None and self.class_names is not None:
             id_map = _dataset_metadata(cfg, "thing_dataset_id_to_contiguous_id")
             if id_map and len(id_map) == len(self.class_names):
                 self.category_ids = [k for k, _ in sorted(id_map.items(), key=lambda kv: kv[1])]
+
+    def _pytorch_config(self, what: str) -> CfgNode:
+        if not isinstance(self.predictor, DefaultPredictor):
+            raise TypeError(f"{what} needs a PyTorch model: adet.load() the .pth checkpoint, not the exported file")
+        return self.predictor.cfg
+
+    def add_callback(self, event: str, function) -> None:
+        """Run ``function(trainer)`` at ``event`` of the next :meth:`train` (Ultralytics' event names, see
+        :data:`adet.engine.hooks.CALLBACK_EVENTS`)."""
+        Callbacks().add(event, function)  # an unknown event is an error now, not at train()
+        self.callbacks.setdefault(event, []).append(function)
+
+    def train(self, data, resume: bool = False, **overrides) -> dict:
+        """Train from these weights on ``data`` (see ``adet.training_api``), in this process; afterwards this
+        object predicts with the trained weights (OUTPUT_DIR/model_final.pth). Returns the last evaluation."""
+        self.trainer, trained = training_api.train(self._pytorch_config("train"), data, self.callbacks, resume,
+                                                   overrides)
+        self._use(trained)
+        return single_dataset_results(self.trainer.last_results)
+
+    def val(self, data=None, **overrides) -> dict:
+        """COCO results ({"bbox": {...}, "segm": {...}}) on ``data`` (default: the config's DATASETS.TEST)."""
+        return training_api.val(self._pytorch_config("val"), self.predictor.model, data, overrides)
+
+    def export(self, path: str, int8: bool = False, calibration=None, opset: int = 18, check: bool = True) -> str:
+        """An ONNX file of these weights (``embedmask export``); ``int8`` needs a ``calibration`` dataset."""
+        return training_api.export(self._pytorch_config("export"), path, int8, calibration, opset, check)
 
     def __call__(self, images, format: str = "BGR"):
         if isinstance(images, (list, tuple)):
@@ -147,6 +189,8 @@ def load(weights: str, config: str | None = None, device: str | None = None, con
     if str(weights).endswith(".onnx"):
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return Predictor(ONNXPredictor(str(weights), providers), min_score=confidence or 0.0)
+    if str(weights).endswith((".yaml", ".yml")) and config is None:  # a config alone: its (untrained) model
+        weights, config = "", str(weights)
     overrides = list(overrides)
     if confidence is not None:
         overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", float(confidence) ** 2]

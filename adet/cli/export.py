@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 import torch
 
-from adet.api import load_config
 from adet.checkpoint import DetectionCheckpointer
 from adet.data import DatasetCatalog, read_image
 from adet.data.synthetic import generate_image
@@ -38,6 +37,7 @@ from adet.modeling import build_model, prepare_for_inference
 from adet.structures import pairwise_iou
 from adet.utils.logger import setup_logger
 
+from . import options
 from .options import ArgumentParser, add_config_arguments, add_dataset_argument, register_datasets_from_args
 from .preflight import check_config_values, check_output_file, check_weights
 
@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         if name and name not in names and name not in DatasetCatalog.list():
             raise PreflightError(f"{option} {name}: no such dataset; register it with --dataset "
                                  f"{name}=ANNOTATIONS.json:IMAGES/")
-    cfg = load_config(args.weights, args.config_file or None, args.opts, device="cpu")
+    cfg = options.resolve_config(args.config_file, args.weights, args.opts, "cpu")
     check_config_values(cfg)
     check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
     image = read_image(args.sample) if args.sample else sample_image()

@@ -1,0 +1,121 @@
+"""detectron2's official Colab tutorial (custom dataset, train, predict, draw, evaluate), with its imports pointed at
+this package and a tiny model; and the Ultralytics-style Python API (load, callbacks, train, val, export)."""
+
+import json
+import os
+
+import cv2
+import numpy as np
+import pytest
+
+from adet.data.synthetic import write_split
+
+from .conftest import TINY_OVERRIDES
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("flow_data")
+    return {"json": write_split(str(root), "shapes", 6, seed=5), "images": str(root / "shapes")}
+
+
+def test_detectron2_tutorial_flow(shapes, tmp_path):
+    from adet import model_zoo
+    from adet.config import get_cfg
+    from adet.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader
+    from adet.data.datasets import register_coco_instances
+    from adet.engine import DefaultPredictor, DefaultTrainer
+    from adet.evaluation import COCOEvaluator, inference_on_dataset
+    from adet.utils.visualizer import ColorMode, Visualizer
+
+    for name in ("tut_train", "tut_val"):
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        register_coco_instances(name, {}, shapes["json"], shapes["images"])
+    dataset_dicts = DatasetCatalog.get("tut_train")
+    metadata = MetadataCatalog.get("tut_train")
+    assert metadata.thing_classes == ["circle", "square", "triangle", "star"]
+    d = dataset_dicts[0]
+    img = cv2.imread(d["file_name"])
+    drawn = Visualizer(img[:, :, ::-1], metadata=metadata, scale=0.5).draw_dataset_dict(d).get_image()
+    assert drawn.shape == (img.shape[0] // 2, img.shape[1] // 2, 3) and not np.array_equal(
+        drawn, cv2.resize(img, None, fx=0.5, fy=0.5, interpolation=cv2.INTER_AREA)[:, :, ::-1])
+
+    cfg = get_cfg()
+    cfg.merge_from_file(model_zoo.get_config_file("EmbedMask/MS_R_50_1x.yaml"))
+    cfg.merge_from_list(TINY_OVERRIDES)  # test-only: a model that trains in seconds on a CPU
+    cfg.DATASETS.TRAIN = ("tut_train",)
+    cfg.DATASETS.TEST = ()
+    cfg.DATALOADER.NUM_WORKERS = 0
+    cfg.MODEL.WEIGHTS = ""  # the tutorial's model_zoo.get_checkpoint_url(...) needs the official file in models/
+    cfg.SOLVER.IMS_PER_BATCH = 2
+    cfg.SOLVER.BASE_LR = 0.00025
+    cfg.SOLVER.MAX_ITER = 3
+    cfg.SOLVER.STEPS = []
+    cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 128  # no ROI heads here: ignored with a warning
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    cfg.OUTPUT_DIR = str(tmp_path / "output")
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    trainer = DefaultTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    assert cfg.MODEL.FCOS.NUM_CLASSES == 4 and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"))
+
+    cfg.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")
+    cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.0  # keep every detection of this barely trained model
+    predictor = DefaultPredictor(cfg)
+    counts = {}
+    for record in DatasetCatalog.get("tut_val"):
+        im = cv2.imread(record["file_name"])
+        outputs = predictor(im)
+        counts[record["image_id"]] = len(outputs["instances"])
+        v = Visualizer(im[:, :, ::-1], metadata=metadata, scale=1.0, instance_mode=ColorMode.IMAGE_BW)
+        out = v.draw_instance_predictions(outputs["instances"].to("cpu"))
+        assert out.get_image()[:, :, ::-1].shape == im.shape
+
+    evaluator = COCOEvaluator("tut_val", output_dir=str(tmp_path / "eval"))
+    val_loader = build_detection_test_loader(cfg, "tut_val")
+    results = inference_on_dataset(predictor.model, val_loader, evaluator)
+    assert {"bbox", "segm"} <= set(results) and 0.0 <= results["segm"]["AP"] <= 100.0
+    written = json.load(open(tmp_path / "eval" / "coco_instances_results.json"))
+    assert sum(counts.values()) > 0
+    assert {i: sum(r["image_id"] == i for r in written) for i in counts} == counts  # the loader sees what we see
+    cfg.DATASETS.TEST = ("tut_val",)
+    again = DefaultTrainer.test(cfg, predictor.model, COCOEvaluator("tut_val", output_dir=str(tmp_path / "again")))
+    assert again["segm"] == pytest.approx(results["segm"], nan_ok=True)
+
+
+def test_ultralytics_style_train_val_export_with_callbacks(tmp_path, monkeypatch):
+    """The README's five lines (a few iterations, in a temporary folder)."""
+    import adet
+    import adet.model_zoo
+
+    monkeypatch.chdir(tmp_path)
+    events = []
+    model = adet.load("EmbedMask/Synthetic.yaml")
+    model.add_callback("on_train_batch_end", lambda trainer: events.append(("batch", trainer.iter)))
+    model.add_callback("on_fit_epoch_end", lambda trainer: events.append(("eval", trainer.iter)))
+    with pytest.raises(ValueError, match="unknown callback event 'on_epoch_end'"):
+        model.add_callback("on_epoch_end", print)
+    trained = model.train(data={"train": "synthetic_train", "val": "synthetic_val"}, iterations=3, batch=2,
+                          workers=0, output_dir="run")
+    assert events == [("batch", 0), ("batch", 1), ("batch", 2), ("eval", 2)]
+    assert model.cfg.MODEL.WEIGHTS == os.path.join("run", "model_final.pth")
+    final = __import__("torch").load("run/model_final.pth", weights_only=True)
+    assert final["iteration"] == 2 and final["class_names"] == ["circle", "square", "triangle", "star"]
+    # The schedule scaled with the iterations (Ultralytics' epochs): warm-up and steps at the same fractions.
+    base = adet.model_zoo.get_config("EmbedMask/Synthetic.yaml").SOLVER
+    scale = 3 / base.MAX_ITER
+    assert model.cfg.SOLVER.STEPS == tuple(int(s * scale) for s in base.STEPS)
+    assert model.cfg.SOLVER.WARMUP_ITERS == int(base.WARMUP_ITERS * scale)
+
+    again = model.val(data="synthetic_val")
+    for task in ("bbox", "segm"):
+        assert again[task] == pytest.approx(trained[task], nan_ok=True)
+    path = model.export(str(tmp_path / "synthetic.onnx"))
+    onnx_model = adet.load(path, device="cpu")
+    image = np.full((128, 160, 3), 30, np.uint8)
+    cv2.circle(image, (80, 64), 30, (200, 200, 200), -1)
+    ours, theirs = model(image), onnx_model(image)
+    assert len(ours) == len(theirs) and np.allclose(ours.scores, theirs.scores, atol=1e-3)
