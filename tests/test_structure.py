@@ -17,7 +17,8 @@ MAX_FUNCTION_LINES = 60
 MIN_REPEATED_LINES = 6
 # Imported inside functions on purpose: optional, or heavy and needed by one code path only.
 DEFERRED_IMPORTS = {"onnx", "onnxruntime", "onnxruntime.quantization", "matplotlib", "matplotlib.pyplot",
-                    "torch.utils.tensorboard", "faster_coco_eval", "torch.utils.cpp_extension"}
+                    "torch.utils.tensorboard", "faster_coco_eval", "torch.utils.cpp_extension", "huggingface_hub",
+                    "wandb", "mlflow"}
 # Data tables (every key with its value) are not code: lines alike there are not repetitions.
 DATA_TABLES = {os.path.join("config", "defaults.py"), os.path.join("config", "compat.py")}
 

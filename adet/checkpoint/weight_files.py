@@ -13,27 +13,16 @@ from torch import nn
 
 from adet.errors import WeightFileError
 
+from .download import is_url, resolve_url
 from .report import LoadReport, compare_state_dicts
-
-D2_URL_PREFIX = "detectron2://"
-D2_DOWNLOAD_ROOT = "https://dl.fbaipublicfiles.com/detectron2/"
 
 
 def resolve_weight_path(path: str) -> str:
-    """A local file for ``path``. ``detectron2://X`` resolves to ``models/<basename>`` or detectron2's download cache
-    (``$FVCORE_CACHE`` or ``~/.torch/iopath_cache``); nothing is downloaded."""
-    if not path.startswith((D2_URL_PREFIX, "http://", "https://")):
+    """A local file for ``path``: the path itself, or for a URL (``detectron2://``, ``https://``, ``hf://``) a cached
+    or downloaded copy (``download.py``)."""
+    if not is_url(path):
         return os.path.expanduser(path)
-    relative = path[len(D2_URL_PREFIX):] if path.startswith(D2_URL_PREFIX) else path.split("://", 1)[1]
-    url = D2_DOWNLOAD_ROOT + relative if path.startswith(D2_URL_PREFIX) else path
-    cache_root = os.path.expanduser(os.environ.get("FVCORE_CACHE", "~/.torch/iopath_cache"))
-    local_models = os.path.join("models", os.path.basename(relative))
-    cached = os.path.join(cache_root, "detectron2", relative) if path.startswith(D2_URL_PREFIX) else None
-    for candidate in (local_models, cached):
-        if candidate and os.path.isfile(candidate):
-            return candidate
-    raise WeightFileError(f"MODEL.WEIGHTS {path} is not on this machine: download {url} and put it at "
-                          f"{local_models}" + (f" (or {cached})" if cached else ""))
+    return resolve_url(path)
 
 
 class _NumpyOnlyUnpickler(pickle.Unpickler):
