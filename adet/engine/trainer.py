@@ -258,8 +258,8 @@ class DefaultTrainer:
         self.config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long per iteration
         data_iter = None
         events._current.append(self.storage)
-        self._call("before_train")
         try:
+            self._call("before_train")
             if self._pending_evaluation:
                 self.evaluate_pending()
             if self.start_iter >= max_iter:
