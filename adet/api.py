@@ -30,8 +30,8 @@ from adet.config import CfgNode
 from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, read_image
 from adet.engine import DefaultPredictor
+from adet.engine.evaluate import single_dataset_results
 from adet.engine.hooks import Callbacks
-from adet.engine.trainer import single_dataset_results
 from adet.evaluation import instances_to_coco_json
 from adet.export import ONNXPredictor
 from adet.structures import Instances

@@ -19,10 +19,9 @@ from adet.config import CfgNode
 from adet.data import DatasetCatalog, MetadataCatalog
 from adet.data.build import check_num_classes
 from adet.engine import DefaultTrainer, default_setup
-from adet.engine.evaluate import evaluate_datasets
+from adet.engine.evaluate import evaluate_datasets, single_dataset_results
 from adet.engine.hooks import Callbacks
 from adet.engine.run_claim import RunClaim, archive_earlier_run
-from adet.engine.trainer import single_dataset_results
 from adet.errors import DatasetError
 
 logger = logging.getLogger(__name__)

@@ -65,3 +65,14 @@ def test_wheel_install_trains_predicts_and_writes_scorable_json(tmp_path):
              "'categories': sorted({r['category_id'] for r in res})}))")
     summary = json.loads(run([python, "-c", check], work, env).stdout.strip().splitlines()[-1])
     assert summary["count"] > 0 and set(summary["images"]) <= {632, 724} and set(summary["categories"]) <= {1, 2, 3, 4}
+
+    # The README's five lines of the Python API (train, val, export), with a few iterations.
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    block = readme.split("<!-- five-lines -->")[1].split("<!-- /five-lines -->")[0]
+    code = block.split("```python")[1].split("```")[0]
+    assert len(code.strip().splitlines()) == 5 and "iterations=1500" in code
+    (work / "five_lines.py").write_text(code.replace("iterations=1500", "iterations=3, batch=2, workers=0"))
+    done = run([python, "five_lines.py"], work, env)
+    printed = [line for line in done.stdout.splitlines() if line.replace(".", "", 1).isdigit()]  # print(AP)
+    assert len(printed) == 1 and 0.0 <= float(printed[0]) <= 100.0
+    assert {"model_final.pth", "model.onnx"} <= set(os.listdir(work / "output" / "api"))

@@ -23,6 +23,7 @@ from typing import IO, Any, Callable
 import torch
 
 from adet.errors import CheckpointError
+from adet.utils import comm
 
 
 def _atomic_write(path: str, write: Callable[[IO[bytes]], None], suffix: str = "") -> None:
@@ -126,3 +127,11 @@ def read_checkpoint_file(path: str) -> dict[str, Any]:
     if not isinstance(data["model"], dict):
         raise CheckpointError(f"{path}: its 'model' entry is a {type(data['model']).__name__}, not a state dict")
     return data
+
+
+def remove_stale_temporaries(output_dir: str) -> None:
+    """Partial files of a save that was killed midway (never a .pth: saves are atomic renames)."""
+    if comm.is_main_process() and os.path.isdir(output_dir):
+        for name in os.listdir(output_dir):
+            if name.startswith(".tmp-"):
+                os.remove(os.path.join(output_dir, name))

@@ -87,6 +87,18 @@ def check_num_classes(cfg) -> None:
                           f"{len(names)}")
 
 
+def dataset_classes(cfg) -> tuple[list[str] | None, list[int] | None]:
+    """Class names and dataset category ids (in contiguous order) of DATASETS.TRAIN, saved in checkpoints."""
+    if not cfg.DATASETS.TRAIN:
+        return None, None
+    check_num_classes(cfg)
+    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
+    names = metadata.get("thing_classes")
+    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
+    ids = [k for k, _ in sorted(id_map.items(), key=lambda kv: kv[1])] if id_map else None
+    return names, ids
+
+
 def get_detection_dataset_dicts(names: list[str] | tuple[str, ...], filter_empty: bool = True) -> list[dict]:
     """The concatenated dicts of the named datasets (COCO files are validated as they are loaded), without images
     lacking a non-crowd annotation when ``filter_empty``."""

@@ -48,6 +48,12 @@ def write_confusion_matrix(evaluator: COCOEvaluator, class_names: list[str] | No
     plot_confusion_matrix(matrix, names, prefix + ".png")
 
 
+def single_dataset_results(results: dict | None) -> dict:
+    """detectron2's ``test`` returns {task: ...} when DATASETS.TEST has one dataset, {dataset: {task: ...}} else."""
+    results = results or {}
+    return next(iter(results.values())) if len(results) == 1 else results
+
+
 def inference_folder(cfg, dataset_name: str) -> str:
     """Where a dataset's predictions and results go: OUTPUT_DIR/inference, or inference/<dataset> when
     DATASETS.TEST has several."""

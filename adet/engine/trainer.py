@@ -27,9 +27,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from adet.checkpoint import DetectionCheckpointer, resume_checkpoint
+from adet.checkpoint.files import remove_stale_temporaries
 from adet.config import CfgNode
-from adet.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
-from adet.data.build import check_num_classes, position_train_loader
+from adet.data import build_detection_test_loader, build_detection_train_loader
+from adet.data.build import dataset_classes, position_train_loader
 from adet.errors import Preempted, TrainingDivergedError
 from adet.evaluation import COCOEvaluator
 from adet.modeling import build_model
@@ -39,7 +40,7 @@ from adet.utils.plots import plot_training_curves
 
 from . import preemption
 from .best_model import read_best, save_if_best
-from .evaluate import evaluate_datasets, inference_folder
+from .evaluate import evaluate_datasets, inference_folder, single_dataset_results
 from .hooks import HookBase
 from .metrics import MetricsWriter
 from .reproducibility import configure_determinism, seed_rng, shared_seed
@@ -65,32 +66,6 @@ def reduce_for_logging(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
         torch.distributed.all_reduce(values)
         values /= comm.get_world_size()
     return dict(zip(names, values.tolist()))
-
-
-def dataset_classes(cfg) -> tuple[list[str] | None, list[int] | None]:
-    """Class names and dataset category ids (in contiguous order) of DATASETS.TRAIN, saved in checkpoints."""
-    if not cfg.DATASETS.TRAIN:
-        return None, None
-    check_num_classes(cfg)
-    metadata = MetadataCatalog.get(cfg.DATASETS.TRAIN[0])
-    names = metadata.get("thing_classes")
-    id_map = metadata.get("thing_dataset_id_to_contiguous_id")
-    ids = [k for k, _ in sorted(id_map.items(), key=lambda kv: kv[1])] if id_map else None
-    return names, ids
-
-
-def remove_stale_temporaries(output_dir: str) -> None:
-    """Partial files of a save that was killed midway (never a .pth: saves are atomic renames)."""
-    if comm.is_main_process() and os.path.isdir(output_dir):
-        for name in os.listdir(output_dir):
-            if name.startswith(".tmp-"):
-                os.remove(os.path.join(output_dir, name))
-
-
-def single_dataset_results(results: dict | None) -> dict:
-    """detectron2's ``test`` returns {task: ...} when DATASETS.TEST has one dataset, {dataset: {task: ...}} else."""
-    results = results or {}
-    return next(iter(results.values())) if len(results) == 1 else results
 
 
 def _device(model: torch.nn.Module) -> torch.device:
@@ -227,7 +202,7 @@ class DefaultTrainer:
         """Train to SOLVER.MAX_ITER; returns the last evaluation (:meth:`test`'s layout)."""
         if not self._loaded:
             self.resume_or_load(resume=False)
-        with preemption.stop_signals_handled():
+        with preemption.stop_signals_handled(), events.storage_in_use(self.storage):
             self.train_loop(log_period)
         return single_dataset_results(self.last_results)
 
@@ -257,7 +232,6 @@ class DefaultTrainer:
         self.best = read_best(cfg.OUTPUT_DIR)
         self.config_text = cfg.dump()  # saved in every checkpoint; dumping takes ~20 ms, too long per iteration
         data_iter = None
-        events._current.append(self.storage)
         try:
             self._call("before_train")
             if self._pending_evaluation:
@@ -296,7 +270,6 @@ class DefaultTrainer:
             del data_iter
             self.writer.close()
             self._call("after_train")
-            events._current.remove(self.storage)
         self.write_plots()
 
     def run_step(self, data: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:

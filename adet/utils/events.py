@@ -8,7 +8,9 @@ the iteration's record. ``history(name)`` keeps the recent values of each scalar
 
 from __future__ import annotations
 
+import contextlib
 from collections import defaultdict, deque
+from collections.abc import Iterator
 
 
 class HistoryBuffer:
@@ -68,6 +70,16 @@ class EventStorage:
 
 
 _current: list[EventStorage] = []
+
+
+@contextlib.contextmanager
+def storage_in_use(storage: EventStorage) -> Iterator[EventStorage]:
+    """``get_event_storage()`` returns ``storage`` while the block runs (a training loop)."""
+    _current.append(storage)
+    try:
+        yield storage
+    finally:
+        _current.remove(storage)
 
 
 def get_event_storage() -> EventStorage:
