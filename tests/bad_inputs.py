@@ -420,7 +420,7 @@ CASES: list[Case] = [
          2, "MODEL.WEIGHTS is empty"),
     Case("weights_not_on_machine", "weights", lambda w: train(w, "train.json", "MODEL.WEIGHTS",
                                                               "detectron2://ImageNetPretrained/MSRA/R-18.pkl"), 2,
-         "is not on this machine: download"),
+         "is not on this machine and downloads are off"),
     # -- command lines -----------------------------------------------------------------------------------------------
     Case("num_gpus_negative", "command line", lambda w: train(w, "train.json", "--num-gpus", "-1"), 2,
          "--num-gpus -1: needs at least 1"),

@@ -13,6 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = os.path.join(ROOT, "tests", "fixtures")
 REFERENCE = os.path.join(FIXTURES, "reference")
 sys.path.insert(0, ROOT)
+# No test reaches the internet: weight URLs resolve from caches only (test_weights_download.py lifts this for its
+# local server). Subprocesses inherit it.
+os.environ["EMBEDMASK_OFFLINE"] = "1"
 
 from adet.config import get_cfg  # noqa: E402
 

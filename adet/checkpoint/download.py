@@ -103,7 +103,10 @@ def resolve_url(path: str) -> str:
     if offline():
         raise WeightFileError(f"{path} is not on this machine and downloads are off (EMBEDMASK_OFFLINE/HF_HUB_OFFLINE):"
                               f" download {url} elsewhere and put it at {candidates[0]} (or {candidates[-1]})")
-    download(url, candidates[-1], expected)
+    try:
+        download(url, candidates[-1], expected)
+    except WeightFileError as e:
+        raise WeightFileError(f"{e}; or download it elsewhere and put it at {candidates[0]}") from None
     return candidates[-1]
 
 
@@ -163,7 +166,7 @@ def fetch(url: str, path: str, timeout: float) -> str:
     except (urllib.error.URLError, OSError) as e:  # includes http.client.IncompleteRead
         reason = getattr(e, "reason", None) or e
         raise WeightFileError(f"{url}: download failed after {received} bytes ({reason}); nothing was kept, try "
-                              "again (or set EMBEDMASK_OFFLINE=1 and put the file in models/)") from None
+                              "again") from None
     if total is not None and received != total:
         raise WeightFileError(f"{url}: the download stopped at {received} of {total} bytes; nothing was kept, try "
                               "again")

@@ -12,28 +12,27 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import logging
 import os
-import time
 
 import cv2
 from tqdm import tqdm
 
-from adet.api import Predictor, image_id_from_name, load_config
-from adet.checkpoint import atomic_write_text
-from adet.data.coco import read_coco_json
-from adet.errors import ImageReadError, InputError, PreflightError
+from adet.api import Predictor, load_config
+from adet.engine.launch import check_devices, launch
+from adet.errors import InputError, PreflightError
 from adet.export import ONNXPredictor
+from adet.utils import comm
 from adet.utils.logger import setup_logger
 
-from .options import CONFIG_KEY, ArgumentParser, add_config_arguments
+from . import preflight as check
+from .errors import report_error
+from .options import CONFIG_KEY, ArgumentParser, add_config_arguments, add_launch_arguments
+from .predict_images import predict_images, run_settings
 from .preflight import check_config_values, check_device, check_output_file, check_output_folder, check_weights
+from .results import IMAGE_EXTENSIONS, JsonResults
 
 logger = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-
 
 def build_parser(prog: str | None = None) -> ArgumentParser:
     parser = ArgumentParser(prog=prog, description="Run EmbedMask on images, a video or the webcam")
@@ -54,6 +53,22 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     parser.add_argument("--opts", dest="flag_opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides (as in AdelaiDet's demo; applied before the trailing ones)")
+    parser.add_argument("--batch-size", type=int, default=0, metavar="N",
+                        help="images per model call (default: 8 on a GPU, 1 on the CPU, which gives exactly the "
+                             "one-image detections; larger batches pad images together)")
+    parser.add_argument("--workers", type=int, default=2, metavar="N",
+                        help="loader processes reading and resizing images ahead of the model (default 2; 0: none)")
+    parser.add_argument("--slice", type=int, nargs=2, default=None, metavar=("H", "W"),
+                        help="sliced inference for large images: overlapping tiles of H x W pixels, each predicted "
+                             "at its own resolution, the detections merged")
+    parser.add_argument("--overlap", type=float, default=0.2, help="with --slice: how much neighbouring tiles "
+                                                                     "overlap, a fraction of a tile (default 0.2)")
+    parser.add_argument("--no-full-image", action="store_true",
+                        help="with --slice: no extra pass over the whole image (for objects larger than a tile)")
+    add_launch_arguments(parser)
+    parser.epilog += ("\n\nResults stream to predictions.rank<R>.jsonl in --output (or <--json>.parts), one line per "
+                      "image; rerunning the same command skips the images already done, and --json is assembled "
+                      "from them at the end.")
     return parser
 
 
@@ -89,70 +104,6 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             raise InputError(f"--input {pattern}: no such file, folder or matching images")
         paths.extend(found)
     return paths
-
-
-def output_path(output: str, input_path: str, num_inputs: int) -> str:
-    if num_inputs == 1 and os.path.splitext(output)[1].lower() in IMAGE_EXTENSIONS:
-        return output
-    return os.path.join(output, os.path.basename(input_path))
-
-
-class JsonResults:
-    """COCO-style results users can score: ``category_id`` the dataset's (COCO ids for COCO models), ``image_id``
-    from the ground-truth json when given, else the numeric file stem (COCO's file naming), else the file name; plus
-    ``file_name`` and ``category_name`` of each detection."""
-
-    def __init__(self, path: str, ground_truth: str = ""):
-        self.path, self.records = path, []
-        self.ids_by_file: dict[str, int] = {}
-        self.category_ids_by_name: dict[str, int] = {}
-        if ground_truth:
-            data = read_coco_json(ground_truth)
-            for image in data["images"]:
-                self.ids_by_file.setdefault(os.path.basename(image["file_name"]), image["id"])
-            self.category_ids_by_name = {c["name"]: c["id"] for c in data["categories"]}
-
-    def image_id(self, source: str):
-        return self.ids_by_file.get(os.path.basename(source), image_id_from_name(source))
-
-    def add(self, prediction, source: str) -> None:
-        if not self.path:
-            return
-        for record in prediction.to_json(self.image_id(source)):
-            name = record["category_name"]
-            record["category_id"] = self.category_ids_by_name.get(name, record["category_id"])
-            record["file_name"] = source
-            self.records.append(record)
-
-    def save(self) -> None:
-        if self.path:
-            atomic_write_text(json.dumps(self.records), self.path)
-            print(f"{len(self.records)} detections saved to {self.path}")
-
-
-def run_on_images(predictor, paths: list[str], output: str, results: JsonResults) -> int:
-    """Predict and save each image; unreadable ones are reported and skipped. Returns how many were skipped."""
-    skipped = 0
-    bar = tqdm(paths, unit="img", dynamic_ncols=True, disable=None)
-    for path in bar:
-        start = time.perf_counter()
-        try:
-            prediction = predictor.predict(path)
-        except ImageReadError as e:
-            skipped += 1
-            tqdm.write(f"skipped {e}")
-            continue
-        seconds = time.perf_counter() - start
-        results.add(prediction, path)
-        if bar.disable:
-            noun = "instance" if len(prediction) == 1 else "instances"
-            print(f"{path}: {len(prediction)} {noun} in {seconds:.2f}s", flush=True)
-        else:
-            bar.set_description(os.path.basename(path))
-            bar.set_postfix_str(f"{seconds:.2f}s/img")
-        if output:
-            prediction.save(output_path(output, path, len(paths)))
-    return skipped
 
 
 def run_on_video(predictor, capture, output_file: str, results: JsonResults, source: str, show: bool = False) -> int:
@@ -226,8 +177,8 @@ def onnx_predictor(args: argparse.Namespace, overrides: list[str]):
     return Predictor(ONNXPredictor(args.onnx, providers), min_score=args.confidence_threshold)
 
 
-def pytorch_predictor(args: argparse.Namespace, overrides: list[str]) -> Predictor:
-    """A Predictor running the config's model in PyTorch; the score threshold becomes the model's."""
+def predict_config(args: argparse.Namespace, overrides: list[str]):
+    """The checked config of the PyTorch model; the score threshold becomes the model's."""
     overrides = overrides + ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
     cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
     check_device(cfg.MODEL.DEVICE)
@@ -236,7 +187,14 @@ def pytorch_predictor(args: argparse.Namespace, overrides: list[str]) -> Predict
     if cfg.MODEL.WEIGHTS.endswith(".pkl"):
         raise PreflightError(f"MODEL.WEIGHTS {cfg.MODEL.WEIGHTS}: ImageNet backbone weights; prediction needs a "
                              "trained EmbedMask checkpoint (.pth)")
-    return Predictor(cfg)
+    return cfg
+
+
+def image_worker(model_source, args: argparse.Namespace, paths: list[str]) -> dict:
+    """One process's share of the images (``model_source``: the config, or the ONNX file)."""
+    setup_logger(rank=comm.get_rank())
+    predictor = (onnx_predictor(args, []) if isinstance(model_source, str) else Predictor(model_source))
+    return predict_images(predictor, args, paths, run_settings(model_source, args))
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
@@ -260,18 +218,33 @@ def check_arguments(args: argparse.Namespace) -> list[str]:
     return paths
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> None:
+def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
     args = build_parser(prog).parse_args(argv)
     overrides = split_overrides(args)
     setup_logger()
     paths = check_arguments(args)
-    predictor = onnx_predictor(args, overrides) if args.onnx else pytorch_predictor(args, overrides)
-    results = JsonResults(args.json, args.ground_truth)
+    check.check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
+    if args.batch_size < 0 or args.workers < 0:
+        raise PreflightError("--batch-size and --workers must not be negative")
+    if args.slice is not None and (min(args.slice) <= 0 or not 0 <= args.overlap < 1 or args.onnx):
+        raise PreflightError("--slice H W needs positive tile sizes, --overlap in [0, 1) and a PyTorch model")
+    if args.onnx:
+        onnx_predictor(args, overrides)  # checks the file and the options now, once
+    source = args.onnx or predict_config(args, overrides)
     if paths:
-        skipped = run_on_images(predictor, paths, args.output, results)
-        print(f"{len(paths) - skipped} image(s) processed" + (f", {skipped} skipped" if skipped else "")
-              + (f"; results in {args.output}" if args.output else ""))
-    elif args.video_input:
+        use_cuda = not args.onnx and source.MODEL.DEVICE.startswith("cuda")
+        if use_cuda:
+            check_devices(args.num_gpus, source.MODEL.DEVICE)
+        counts = launch(image_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url,
+                        (source, args, paths), use_cuda=use_cuda, report_error=report_error, launcher=args.launcher)
+        if counts is not None:  # this process predicted (one process, or rank 0 under torchrun/SLURM)
+            print(f"{counts['images'] - counts['skipped']} image(s) processed" + (
+                f", {counts['skipped']} skipped" if counts["skipped"] else "") + (
+                f"; results in {args.output}" if args.output else ""))
+        return counts
+    predictor = onnx_predictor(args, overrides) if args.onnx else Predictor(source)
+    results = JsonResults(args.ground_truth, args.json)
+    if args.video_input:
         capture = cv2.VideoCapture(args.video_input)
         if not capture.isOpened():
             raise InputError(f"--video-input {args.video_input}: not a readable video")
@@ -286,3 +259,4 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> None:
         capture.release()
         print(f"{frames} frame(s) processed")
     results.save()
+    return None

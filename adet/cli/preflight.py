@@ -110,6 +110,8 @@ def check_config_values(cfg, world_size: int = 1) -> None:
          "must list positive sizes"),
         (not cfg.TEST.AUG.ENABLED or (len(cfg.TEST.AUG.MIN_SIZES) > 0 and all(s > 0 for s in cfg.TEST.AUG.MIN_SIZES)),
          "TEST.AUG.MIN_SIZES", "must list positive sizes when TEST.AUG.ENABLED"),
+        (len(cfg.TEST.SLICE.SIZE) == 2 and all(s > 0 for s in cfg.TEST.SLICE.SIZE) and 0 <= cfg.TEST.SLICE.OVERLAP < 1,
+         "TEST.SLICE.SIZE/OVERLAP", "need a (height, width) of positive pixels and an overlap in [0, 1)"),
         (len(cfg.MODEL.PIXEL_MEAN) == 3 and len(cfg.MODEL.PIXEL_STD) == 3 and all(s > 0 for s in cfg.MODEL.PIXEL_STD),
          "MODEL.PIXEL_MEAN/PIXEL_STD", "need 3 values each, the standard deviations positive"),
     ]

@@ -163,6 +163,13 @@ _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
+# Sliced inference (adet/engine/sliced.py): images cut into overlapping tiles of SIZE (h, w) pixels, predicted at
+# their own resolution and merged; for images much larger than the test size.
+_C.TEST.SLICE = CN({"ENABLED": False})
+_C.TEST.SLICE.SIZE = (800, 800)
+_C.TEST.SLICE.OVERLAP = 0.2
+_C.TEST.SLICE.FULL_IMAGE = True  # also one pass over the whole image, for objects larger than a tile
+_C.TEST.SLICE.MATCH_THRESHOLD = 0.5  # intersection over the smaller mask, in the window both passes saw
 
 _C.OUTPUT_DIR = "./output"
 # < 0: a different random seed per run; >= 0: deterministic data order and initialisation.

@@ -96,8 +96,8 @@ class DatasetMapper:
         if is_train:
             resize = ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN,
                                         cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)
-        elif cfg.TEST.AUG.ENABLED:
-            resize = None  # test-time augmentation resizes the original image itself, once per scale
+        elif cfg.TEST.AUG.ENABLED or cfg.TEST.SLICE.ENABLED:
+            resize = None  # test-time augmentation and slicing resize (parts of) the original image themselves
         else:
             resize = ResizeForTest(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
         return cls(resize, is_train, cfg.INPUT.FORMAT, is_train and cfg.INPUT.HFLIP_TRAIN, cfg.INPUT.MASK_FORMAT,

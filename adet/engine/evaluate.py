@@ -16,6 +16,7 @@ from adet.evaluation.confusion import confusion_matrix
 from adet.utils import comm
 from adet.utils.plots import plot_confusion_matrix, plot_per_category_ap, plot_precision_recall
 
+from .sliced import SlicedModel
 from .tta import build_tta
 
 logger = logging.getLogger(__name__)
@@ -75,7 +76,11 @@ def evaluate_datasets(cfg, model: torch.nn.Module, should_stop: Callable[[], boo
     if evaluators is not None and len(evaluators) != len(names):
         raise ValueError(f"{len(evaluators)} evaluators for the {len(names)} datasets of DATASETS.TEST {list(names)}")
     results = {}
-    if cfg.TEST.AUG.ENABLED:
+    if cfg.TEST.SLICE.ENABLED:
+        model = SlicedModel(cfg, model)
+        logger.info("Sliced inference: tiles of %s pixels overlapping by %.0f%%%s", tuple(cfg.TEST.SLICE.SIZE),
+                    cfg.TEST.SLICE.OVERLAP * 100, ", plus the whole image" if cfg.TEST.SLICE.FULL_IMAGE else "")
+    elif cfg.TEST.AUG.ENABLED:
         model = build_tta(cfg, model)
         logger.info("Test-time augmentation: scales %s (longest side <= %d)%s", list(cfg.TEST.AUG.MIN_SIZES),
                     cfg.TEST.AUG.MAX_SIZE, ", each also mirrored" if cfg.TEST.AUG.FLIP else "")

@@ -12,9 +12,11 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 
-def _run_starts(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    """Column-major pixel indices where the value changes (0 -> 1, 1 -> 0, alternating), and the pixel count."""
-    height, width = mask.shape
+def _run_starts(mask: np.ndarray, offset: tuple[int, int] = (0, 0), image_size: tuple[int, int] | None = None
+                ) -> tuple[np.ndarray, int]:
+    """Column-major pixel indices where the value changes (0 -> 1, 1 -> 0, alternating), and the pixel count, of
+    ``mask`` placed at ``offset`` (row, column) in an image of ``image_size`` (default: the mask's own size)."""
+    height, width = image_size or mask.shape
     rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
     if rows.size == 0:
         return np.zeros(0, dtype=np.int64), height * width
@@ -25,7 +27,7 @@ def _run_starts(mask: np.ndarray) -> tuple[np.ndarray, int]:
     flat = padded.ravel()
     changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
     column, row = np.divmod(changes, bottom - top + 2)
-    starts = (left + column) * height + top + row - 1
+    starts = (offset[1] + left + column) * height + offset[0] + top + row - 1
     # A run reaching the last row continues into the next column when that one starts with foreground: its end and
     # the next run's start are the same index, and both go.
     repeated = np.flatnonzero(starts[1:] == starts[:-1])
@@ -34,16 +36,22 @@ def _run_starts(mask: np.ndarray) -> tuple[np.ndarray, int]:
     return starts, height * width
 
 
+def _to_rle(starts: np.ndarray, height: int, width: int) -> dict:
+    # COCO counts alternate zeros and ones, starting with a run of zeros (possibly empty)
+    counts = np.diff(np.concatenate([[0], starts, [height * width]]))
+    if counts.size > 1 and counts[-1] == 0:
+        counts = counts[:-1]
+    rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
+    return {"size": [height, width], "counts": rle["counts"].decode("utf-8")}
+
+
 def encode_masks(masks: np.ndarray) -> list[dict]:
     """COCO RLEs (``counts`` as str) of boolean masks (N, H, W): the same as pycocotools' ``encode``."""
-    count, height, width = masks.shape
-    rles = []
-    for mask in masks:
-        starts, pixels = _run_starts(mask)
-        # COCO counts alternate zeros and ones, starting with a run of zeros (possibly empty)
-        counts = np.diff(np.concatenate([[0], starts, [pixels]]))
-        if counts.size > 1 and counts[-1] == 0:
-            counts = counts[:-1]
-        rle = mask_util.frPyObjects({"counts": counts.tolist(), "size": [height, width]}, height, width)
-        rles.append({"size": [height, width], "counts": rle["counts"].decode("utf-8")})
-    return rles
+    _, height, width = masks.shape
+    return [_to_rle(_run_starts(mask)[0], height, width) for mask in masks]
+
+
+def encode_local_mask(mask: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
+    """The COCO RLE, in an image of height x width, of a (h, w) bool ``mask`` whose pixel (0, 0) is the image's
+    (top, left): no image-sized array is made (sliced inference of very large images)."""
+    return _to_rle(_run_starts(mask, (top, left), (height, width))[0], height, width)

@@ -1,0 +1,147 @@
+"""``embedmask predict --input ...``: many images, batched and prefetched, in one or several processes
+(``--num-gpus``, torchrun, SLURM: each a disjoint share of the images), with results streamed to per-process shards
+in the results folder (``--output``, or ``<--json>.parts`` without it) and the ``--json`` assembled at the end. A
+rerun of the same command skips the images already done (``adet/engine/prediction_shards.py``)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+
+import numpy as np
+from tqdm import tqdm
+
+from adet.api import Prediction, Predictor
+from adet.data.image_io import read_image
+from adet.engine import prediction_shards as shards
+from adet.engine import sliced
+from adet.engine.batch_predict import default_batch_size, predict_files
+from adet.errors import ImageReadError
+from adet.utils import comm
+
+from .results import JsonResults, output_path
+
+logger = logging.getLogger(__name__)
+
+
+def results_folder(args: argparse.Namespace, num_inputs: int) -> str:
+    """Where the shards go: the --output folder, or beside --json; "" when nothing is saved."""
+    if args.output and output_path(args.output, "x", num_inputs) != args.output:
+        return args.output
+    return f"{args.json}.parts" if args.json else ""
+
+
+def run_settings(cfg_or_onnx, args: argparse.Namespace) -> dict:
+    """What the results depend on (not the device, batch size or number of processes)."""
+    if isinstance(cfg_or_onnx, str):
+        model = {"onnx": os.path.abspath(cfg_or_onnx)}
+    else:
+        cfg = cfg_or_onnx.clone()
+        cfg.defrost()
+        cfg.MODEL.DEVICE = ""
+        model = {"weights": cfg.MODEL.WEIGHTS, "config_sha256": hashlib.sha256(cfg.dump().encode()).hexdigest()}
+    return {**model, "confidence_threshold": args.confidence_threshold,
+            "ground_truth": os.path.abspath(args.ground_truth) if args.ground_truth else ""}
+
+
+def remaining_images(folder: str, paths: list[str], settings: dict) -> list[str]:
+    """The images no earlier run finished (every process reads the shards before any writes again)."""
+    if not folder:
+        return paths
+    if comm.is_main_process():
+        shards.check_same_run(folder, settings)
+    comm.synchronize()
+    done = shards.done_images(folder)
+    remaining = [p for p in paths if p not in done]
+    if len(remaining) < len(paths) and comm.is_main_process():
+        logger.info("%d of %d images were predicted by an earlier run into %s: skipping them", len(paths) -
+                    len(remaining), len(paths), folder)
+    comm.synchronize()
+    return remaining
+
+
+def predict_images(predictor: Predictor, args: argparse.Namespace, paths: list[str], settings: dict) -> dict:
+    """This process's share of ``paths``; on the main process, once all are done, the --json. Returns counts."""
+    folder = results_folder(args, len(paths))
+    mine = remaining_images(folder, paths, settings)[comm.get_rank()::comm.get_world_size()]
+    writer = None
+    if folder:
+        shards.repair_shards(folder, comm.get_rank(), comm.get_world_size())
+        writer = shards.ShardWriter(folder, comm.get_rank())
+    json_results = JsonResults(args.ground_truth)
+    bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=None if comm.is_main_process() else True)
+    counts = {"images": len(mine), "skipped": 0}
+
+    def save(source: str, prediction: Prediction | None, reason: str = "", records: list[dict] | None = None
+             ) -> None:
+        if prediction is not None and args.output:
+            prediction.save(output_path(args.output, source, len(paths)))
+        if writer is not None:
+            if records is not None:  # sliced: contiguous class ids, no image id yet
+                records = json_results.map_records(records, source, predictor.class_names, predictor.category_ids)
+            elif prediction is not None:
+                records = json_results.records(prediction, source)
+            writer.write(source, records or [])
+        bar.update(1)
+
+    def handle(item: dict, instances) -> None:
+        image = item["original"] if item["original"] is not None else np.empty((item["height"], item["width"], 0),
+                                                                                 np.uint8)
+        save(item["path"], Prediction(instances, image, predictor.class_names, predictor.category_ids,
+                                      item["path"]))
+
+    def skip(source: str, reason: str) -> None:
+        counts["skipped"] += 1
+        tqdm.write(f"skipped {reason}")
+        save(source, None, reason)
+
+    try:
+        if args.slice:
+            timing = predict_sliced_files(predictor, args, mine, save, skip)
+        elif hasattr(predictor.predictor, "inference_model"):  # PyTorch: batched, prefetched
+            batch_size = args.batch_size or default_batch_size(predictor.cfg.MODEL.DEVICE)
+            timing = predict_files(predictor.predictor, mine, handle, skip, batch_size, args.workers,
+                                   keep_original=bool(args.output))
+        else:  # ONNX Runtime: one image at a time
+            timing = predict_one_by_one(predictor, mine, save, skip)
+    finally:
+        bar.close()
+        if writer is not None:
+            writer.close()
+    counts.update(timing)
+    comm.synchronize()
+    if args.json and comm.is_main_process():
+        counts["detections"] = shards.assemble_json(folder, paths, args.json)
+        print(f"{counts['detections']} detections saved to {args.json}")
+    return counts
+
+
+def predict_one_by_one(predictor: Predictor, paths: list[str], save, skip) -> dict:
+    for path in paths:
+        try:
+            prediction = predictor.predict(path)
+        except ImageReadError as e:
+            skip(path, str(e))
+            continue
+        save(path, prediction)
+    return {}
+
+
+def predict_sliced_files(predictor: Predictor, args: argparse.Namespace, paths: list[str], save, skip) -> dict:
+    """--slice H W: each image in overlapping tiles (``adet/engine/sliced.py``)."""
+    for path in paths:
+        try:
+            image = read_image(path, "BGR")
+        except ImageReadError as e:
+            skip(path, str(e))
+            continue
+        detections = sliced.predict_sliced(predictor.predictor, image, tuple(args.slice), args.overlap,
+                                           not args.no_full_image, batch_size=args.batch_size or 4)
+        # Drawing needs full-size masks; the results (--json, shards) are encoded from the crops.
+        save(path, Prediction(sliced.to_instances(detections, *image.shape[:2]) if args.output else
+                              sliced.to_instances([], *image.shape[:2]), image, predictor.class_names,
+                              predictor.category_ids, path),
+             records=sliced.to_coco(detections, None, *image.shape[:2]))
+    return {}

@@ -1,0 +1,170 @@
+"""``embedmask predict`` at dataset scale: batches of one padded size, shards over processes, results streamed per
+image, and a killed run finished by a rerun with the same detections as an uninterrupted one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import cv2
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+
+from adet.cli import main as embedmask
+from adet.engine.batch_predict import SizeBuckets
+from adet.engine.prediction_shards import ShardWriter, done_images, repair_shards
+from adet.modeling import build_model
+
+from .conftest import ROOT, make_tiny_cfg, shapes_image
+
+CLASSES, CATEGORY_IDS = ["circle", "square", "triangle"], [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny model with varied scores, and 24 images of two sizes (so batches would mix them)."""
+    root = tmp_path_factory.mktemp("scale")
+    cfg = make_tiny_cfg()
+    torch.manual_seed(0)
+    state = build_model(cfg).state_dict()
+    state["proposal_generator.fcos_head.bbox_pred.bias"] += 1.5
+    state["proposal_generator.fcos_head.cls_logits.bias"].normal_(0, 2, generator=torch.Generator().manual_seed(0))
+    weights = root / "tiny.pth"
+    torch.save({"model": state, "config": cfg.dump(), "class_names": CLASSES, "category_ids": CATEGORY_IDS}, weights)
+    images = root / "images"
+    images.mkdir()
+    for i in range(24):
+        height, width = (96, 128) if i % 3 else (120, 100)
+        cv2.imwrite(str(images / f"{i:012d}.jpg"), shapes_image(height, width, seed=i)[0])
+    return {"weights": str(weights), "images": str(images), "root": root}
+
+
+def predict(setup, json_path, *extra):
+    code = embedmask(["predict", "--weights", setup["weights"], "--input", setup["images"], "--json", str(json_path),
+                      "--confidence-threshold", "0.3", "--workers", "0", *extra])
+    assert code == 0
+    return json.loads(open(json_path).read())
+
+
+def one_image_at_a_time(setup):
+    """Today's path: the Python API, one image per call."""
+    import adet
+
+    model = adet.load(setup["weights"], device="cpu", confidence=0.3)
+    records = []
+    for name in sorted(os.listdir(setup["images"])):
+        path = os.path.join(setup["images"], name)
+        for record in model(path).to_json():
+            record["file_name"] = path
+            records.append(record)
+    return records
+
+
+def by_image(records):
+    grouped = {}
+    for record in records:
+        grouped.setdefault(record["file_name"], []).append(record)
+    return grouped
+
+
+@pytest.fixture(scope="module")
+def reference(setup):
+    return one_image_at_a_time(setup)
+
+
+def test_batch_size_one_is_the_one_image_path_and_larger_batches_round_only(setup, reference, tmp_path):
+    drawn = tmp_path / "drawn"
+    assert predict(setup, tmp_path / "b1.json", "--batch-size", "1", "--workers", "2", "--output", str(drawn)) == \
+        reference
+    images = sorted(f for f in os.listdir(drawn) if f.endswith(".jpg"))
+    assert images == sorted(os.listdir(setup["images"]))  # drawn; the shards are in --output too
+    assert cv2.imread(str(drawn / images[0])).shape == cv2.imread(os.path.join(setup["images"], images[0])).shape
+    assert os.path.isfile(drawn / "predictions.rank0.jsonl")
+    batched = by_image(predict(setup, tmp_path / "b4.json", "--batch-size", "4"))
+    expected = by_image(reference)
+    assert batched.keys() == expected.keys() and sum(map(len, expected.values())) > 1000
+    for name, records in expected.items():
+        got = batched[name]
+        assert len(got) == len(records)
+        # The same detections: scores to float rounding (ties may come in another order), masks but for the odd
+        # pixel at the threshold (the mask-IoU of two empty masks is 0: equal RLEs count as 1).
+        assert np.allclose(sorted(r["score"] for r in got), sorted(r["score"] for r in records), atol=1e-5)
+        ious = mask_util.iou([r["segmentation"] for r in records], [r["segmentation"] for r in got],
+                             [0] * len(got))
+        ious[[[a["segmentation"] == b["segmentation"] for b in got] for a in records]] = 1.0  # empty masks too
+        same = [[a["category_id"] == b["category_id"] and abs(a["score"] - b["score"]) < 1e-5 for b in got]
+                for a in records]
+        best = np.where(same, ious, 0).max(axis=1)
+        assert (best >= 0.75).all() and (best == 1).mean() >= 0.9  # these masks are tiny: one pixel is 10%
+
+
+def test_size_buckets_batch_one_padded_size_and_hold_few_images():
+    item = lambda h, w: {"image": torch.zeros(3, h, w)}  # noqa: E731
+    buckets = SizeBuckets(batch_size=2, size_divisibility=32)
+    assert buckets.add(item(96, 128)) == [] and buckets.add(item(120, 100)) == []
+    ready = buckets.add(item(90, 110))  # pads to 96 x 128 as the first one: a full batch
+    assert [[x["image"].shape[1:] for x in batch] for batch in ready] == [[(96, 128), (90, 110)]]
+    assert buckets.add(item(64, 64)) == [] and buckets.add(item(200, 200)) == []
+    assert buckets.add(item(300, 300)) == []
+    (batch,) = buckets.add(item(330, 330))  # more than 2 batches' worth waiting: the fullest (first) goes
+    assert [x["image"].shape[1:] for x in batch] == [(120, 100)]
+    assert sum(len(b) for b in buckets.rest()) == 4 and buckets.rest() == []
+
+
+def test_two_processes_write_what_one_does(setup, reference, tmp_path):
+    records = predict(setup, tmp_path / "two.json", "--num-gpus", "2", "MODEL.DEVICE", "cpu")
+    assert records == reference
+    shards = sorted(f for f in os.listdir(tmp_path / "two.json.parts") if f.endswith(".jsonl"))
+    assert shards == ["predictions.rank0.jsonl", "predictions.rank1.jsonl"]
+    lines = [len(open(tmp_path / "two.json.parts" / f).readlines()) for f in shards]
+    assert lines == [12, 12]  # disjoint halves
+
+
+def _shard_lines(folder):
+    return sum(len(open(os.path.join(folder, f)).readlines()) for f in os.listdir(folder) if f.endswith(".jsonl"))
+
+
+def test_a_killed_sharded_run_is_finished_by_a_rerun_with_nothing_lost_or_twice(setup, reference, tmp_path):
+    out = tmp_path / "killed.json"
+    folder = str(out) + ".parts"
+    command = [sys.executable, "-m", "adet", "predict", "--weights", setup["weights"], "--input", setup["images"],
+               "--json", str(out), "--confidence-threshold", "0.3", "--workers", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
+    run = subprocess.Popen(command + ["--num-gpus", "2", "MODEL.DEVICE", "cpu"], env=env, start_new_session=True,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and (not os.path.isdir(folder) or _shard_lines(folder) < 6):
+        time.sleep(0.05)
+    os.killpg(run.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
+    run.wait(timeout=60)
+    done_before = len(done_images(folder))
+    assert 6 <= done_before < 24 and not out.exists()
+    with open(os.path.join(folder, "predictions.rank1.jsonl"), "a") as f:
+        f.write('{"file": "half a line a kill cut')  # as a kill during a write leaves it
+    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # now one process
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"{done_before} of 24 images were predicted by an earlier run" in rerun.stdout + rerun.stderr
+    assert json.loads(out.read_text()) == reference
+    files = [json.loads(line)["file"] for name in os.listdir(folder) if name.endswith(".jsonl")
+             for line in open(os.path.join(folder, name))]
+    assert sorted(files) == sorted(os.path.join(setup["images"], f) for f in os.listdir(setup["images"]))
+
+
+def test_a_partial_last_line_is_cut_and_other_settings_are_refused(setup, tmp_path):
+    folder = tmp_path / "parts"
+    writer = ShardWriter(str(folder), 0)
+    writer.write("a.jpg", [{"score": 1.0}])
+    writer.close()
+    with open(folder / "predictions.rank0.jsonl", "a") as f:
+        f.write('{"file": "b.jpg", "detec')
+    repair_shards(str(folder), 0, 1)
+    assert (folder / "predictions.rank0.jsonl").read_text() == '{"file": "a.jpg", "detections": [{"score": 1.0}]}\n'
+
+    predict(setup, tmp_path / "x.json")
+    code = embedmask(["predict", "--weights", setup["weights"], "--input", setup["images"], "--json",
+                      str(tmp_path / "x.json"), "--confidence-threshold", "0.5"])
+    assert code == 2
