@@ -97,6 +97,9 @@ def main() -> None:
         rows = []
         for name, overrides in [
             ("whole image", []),
+            ("tiles = the mosaic's cells (reference: each cell alone)", [
+                "TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160), "TEST.SLICE.OVERLAP", 0.0,
+                "TEST.SLICE.FULL_IMAGE", False]),
             ("sliced, tiles 128x160", ["TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160),
                                        "TEST.SLICE.OVERLAP", args.overlap, "TEST.SLICE.FULL_IMAGE", False]),
             ("sliced + whole-image pass", ["TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160),

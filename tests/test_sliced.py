@@ -35,14 +35,15 @@ def test_local_masks_encode_to_the_rle_of_the_full_image():
         assert encode_local_mask(mask, top, left, 40, 50)["counts"] == expected["counts"].decode()
 
 
-def disc(center, radius, window, class_id=0, score=0.9):
-    """The part of a disc a pass over ``window`` sees, as a LocalDetection."""
+def disc(center, radius, window, class_id=0, score=0.9, image=(100, 200)):
+    """The part of a disc a pass over ``window`` (of an image of ``image`` size) sees, as a LocalDetection."""
     y0, x0, y1, x1 = window
     yy, xx = np.mgrid[y0:y1, x0:x1]
     inside = (yy - center[0]) ** 2 + (xx - center[1]) ** 2 <= radius ** 2
     rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
     crop = inside[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    return LocalDetection(score, class_id, y0 + rows[0], x0 + cols[0], crop, [window])
+    cut = (x0 > 0 and cols[0] == 0) or (x1 < image[1] and x0 + cols[-1] + 1 == x1)
+    return LocalDetection(score, class_id, y0 + rows[0], x0 + cols[0], crop, [window], cut=cut)
 
 
 def test_an_object_across_a_tile_border_becomes_one_instance_and_neighbours_stay_two():
@@ -52,6 +53,11 @@ def test_an_object_across_a_tile_border_becomes_one_instance_and_neighbours_stay
     whole = disc((50, 100), 30, (0, 0, 100, 200))
     assert merged.score == 0.9 and merged.box == whole.box
     assert np.array_equal(merged.within((0, 0, 100, 200)), whole.within((0, 0, 100, 200)))
+    # An object seen whole by one tile and cut by the other's edge: the whole view, whatever the scores.
+    seen = [disc((50, 90), 12, left, score=0.6), disc((50, 90), 12, right, score=0.95)]
+    assert seen[1].cut and not seen[0].cut
+    (kept,) = merge(seen)
+    assert kept.score == 0.6 and np.array_equal(kept.mask, seen[0].mask) and len(kept.windows) == 2
     # Two touching objects in the overlap, each seen by both tiles: two instances.
     pair = [disc((50, 92), 7, w, score=s) for w, s in ((left, 0.9), (right, 0.85))]
     pair += [disc((50, 108), 7, w, score=s) for w, s in ((left, 0.7), (right, 0.75))]

@@ -6,12 +6,13 @@ bounded by the tiles, not by the image. Two detections of one class from differe
 the window both passes saw, one mask lies mostly inside the other (intersection over the smaller area >=
 ``match_threshold``): an object crossing a tile border is seen in full in the overlap by both tiles, while two
 neighbouring objects barely intersect there. Merged detections take the union of the masks and the higher score.
-An optional pass over the whole image (at the model's test size) adds the objects too large for a tile.
+An optional pass over the whole image (at the model's test size) adds the objects too large for a tile (those of at
+least half a tile; smaller ones the tiles see better).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -34,6 +35,7 @@ class LocalDetection:
     mask: np.ndarray  # (h, w) bool: the mask's extent
     windows: list[Window] = field(default_factory=list)  # the passes it was seen in
     model_box: tuple[float, float, float, float] | None = None  # XYXY in image pixels, as the model gave it
+    cut: bool = False  # its box reaches an edge of its tile inside the image: the object may go on beyond
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -102,13 +104,20 @@ def same_object(a: LocalDetection, b: LocalDetection, match_threshold: float) ->
 
 
 def union(a: LocalDetection, b: LocalDetection) -> LocalDetection:
+    """One object seen twice: the view that saw it whole when the other was cut by its tile's edge; the higher
+    score's when both saw it whole; the union of the masks (and boxes) when both were cut (an object larger than
+    the overlap)."""
+    windows = a.windows + b.windows
+    if not (a.cut and b.cut):
+        whole = b if a.cut else a  # a scores higher: it wins a tie
+        return replace(whole, windows=windows)
     top, left = min(a.top, b.top), min(a.left, b.left)
     bottom = max(a.top + a.mask.shape[0], b.top + b.mask.shape[0])
     right = max(a.left + a.mask.shape[1], b.left + b.mask.shape[1])
     mask = a.within((top, left, bottom, right)) | b.within((top, left, bottom, right))
     box_a, box_b = a.box, b.box
     box = (min(box_a[0], box_b[0]), min(box_a[1], box_b[1]), max(box_a[2], box_b[2]), max(box_a[3], box_b[3]))
-    return LocalDetection(max(a.score, b.score), a.class_id, top, left, mask, a.windows + b.windows, box)
+    return LocalDetection(max(a.score, b.score), a.class_id, top, left, mask, windows, box, cut=True)
 
 
 def merge(detections: list[LocalDetection], match_threshold: float = 0.5) -> list[LocalDetection]:
@@ -124,11 +133,12 @@ def merge(detections: list[LocalDetection], match_threshold: float = 0.5) -> lis
     return kept
 
 
-def _local(instances, window: Window, scale: float = 1.0) -> list[LocalDetection]:
+def _local(instances, window: Window, image_size: tuple[int, int], scale: float = 1.0) -> list[LocalDetection]:
     """A pass's Instances (masks at the pass's resolution; ``scale`` back to image pixels) as LocalDetections, each
-    mask cut to its extent."""
+    mask cut to its extent and marked ``cut`` when its box reaches an inner edge of the window."""
     found = []
-    y0, x0 = window[0], window[1]
+    y0, x0, y1, x1 = window
+    inner = (x0 > 0, y0 > 0, x1 < image_size[1], y1 < image_size[0])  # left, top, right, bottom edges
     for score, class_id, box, mask in zip(instances.scores.tolist(), instances.pred_classes.tolist(),
                                           instances.pred_boxes.tensor.tolist(), instances.pred_masks.numpy()):
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
@@ -139,7 +149,10 @@ def _local(instances, window: Window, scale: float = 1.0) -> list[LocalDetection
             crop = cv2.resize(crop.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST).astype(bool)
             top, left = round(top * scale), round(left * scale)
         image_box = (x0 + box[0] * scale, y0 + box[1] * scale, x0 + box[2] * scale, y0 + box[3] * scale)
-        found.append(LocalDetection(score, class_id, y0 + top, x0 + left, crop, [window], image_box))
+        margin = 2.0  # pixels
+        cut = ((inner[0] and image_box[0] <= x0 + margin) or (inner[1] and image_box[1] <= y0 + margin)
+               or (inner[2] and image_box[2] >= x1 - margin) or (inner[3] and image_box[3] >= y1 - margin))
+        found.append(LocalDetection(score, class_id, y0 + top, x0 + left, crop, [window], image_box, cut))
     return found
 
 
@@ -157,13 +170,15 @@ def predict_sliced(predictor, image: np.ndarray, tile: tuple[int, int], overlap:
             batch = windows[start:start + batch_size]
             inputs = [predictor.preprocess(np.ascontiguousarray(image[y0:y1, x0:x1])) for y0, x0, y1, x1 in batch]
             for window, output in zip(batch, predictor.model(inputs)):
-                detections += _local(output["instances"].to("cpu"), window)
+                detections += _local(output["instances"].to("cpu"), window, (height, width))
         if full_image and len(windows) > 1:
             whole = predictor.preprocess(image)
             resized = whole["image"].shape[1:]
             whole["height"], whole["width"] = resized  # masks at the network's resolution, scaled per box
             instances = predictor.model([whole])[0]["instances"].to("cpu")
-            detections += _local(instances, (0, 0, height, width), scale=height / resized[0])
+            # Only objects of at least half a tile: the tiles see smaller ones at a better resolution.
+            detections += [d for d in _local(instances, (0, 0, height, width), (height, width), height / resized[0])
+                           if max((d.box[3] - d.box[1]) / tile[0], (d.box[2] - d.box[0]) / tile[1]) >= 0.5]
     return merge(detections, match_threshold)
 
 
