@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
 
 def predict(setup, json_path, *extra):
     code = embedmask(["predict", "--weights", setup["weights"], "--input", setup["images"], "--json", str(json_path),
-                      "--confidence-threshold", "0.3", "--workers", "0", *extra])
+                      "--confidence-threshold", "0.3", "--workers", "0", "--batch-size", "1", *extra])
     assert code == 0
     return json.loads(open(json_path).read())
 
@@ -132,7 +132,7 @@ def test_a_killed_sharded_run_is_finished_by_a_rerun_with_nothing_lost_or_twice(
     out = tmp_path / "killed.json"
     folder = str(out) + ".parts"
     command = [sys.executable, "-m", "adet", "predict", "--weights", setup["weights"], "--input", setup["images"],
-               "--json", str(out), "--confidence-threshold", "0.3", "--workers", "0"]
+               "--json", str(out), "--confidence-threshold", "0.3", "--workers", "0", "--batch-size", "1"]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)
     run = subprocess.Popen(command + ["--num-gpus", "2", "MODEL.DEVICE", "cpu"], env=env, start_new_session=True,
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -162,7 +162,8 @@ def test_a_partial_last_line_is_cut_and_other_settings_are_refused(setup, tmp_pa
     with open(folder / "predictions.rank0.jsonl", "a") as f:
         f.write('{"file": "b.jpg", "detec')
     repair_shards(str(folder), 0, 1)
-    assert (folder / "predictions.rank0.jsonl").read_text() == '{"file": "a.jpg", "detections": [{"score": 1.0}]}\n'
+    expected = '{"file": "a.jpg", "count": 1, "detections": [{"score": 1.0}]}\n'
+    assert (folder / "predictions.rank0.jsonl").read_text() == expected
 
     predict(setup, tmp_path / "x.json")
     code = embedmask(["predict", "--weights", setup["weights"], "--input", setup["images"], "--json",

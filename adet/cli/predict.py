@@ -54,8 +54,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--opts", dest="flag_opts", nargs="*", default=[], metavar="KEY VALUE",
                         help="config overrides (as in AdelaiDet's demo; applied before the trailing ones)")
     parser.add_argument("--batch-size", type=int, default=0, metavar="N",
-                        help="images per model call (default: 8 on a GPU, 1 on the CPU, which gives exactly the "
-                             "one-image detections; larger batches pad images together)")
+                        help="images per model call (default: 8 on a GPU, 4 on the CPU); a batch holds images of "
+                             "one padded size: 1 gives the one-image detections bit for bit, more the same up to "
+                             "float rounding")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="loader processes reading and resizing images ahead of the model (default 2; 0: none)")
     parser.add_argument("--slice", type=int, nargs=2, default=None, metavar=("H", "W"),

@@ -1,9 +1,9 @@
 """Prediction results written as they come and picked up after a kill.
 
 Each process appends one JSON line per image to ``predictions.rank<R>.jsonl`` in a results folder and flushes it:
-``{"file": <input path>, "detections": [COCO results]}``. A rerun reads every shard first (whatever the number of
-processes before), skips the images already there, and the owner of a shard cuts off a line a kill left half
-written (that image is predicted again). ``predictions.run.json`` records what produced the results (weights,
+``{"file": <input path>, "count": N, "detections": [COCO results]}``. A rerun reads every shard first (whatever
+the number of processes before), skips the images already there, and the owner of a shard cuts off a line a kill
+left half written (that image is predicted again). ``predictions.run.json`` records what produced the results (weights,
 config, threshold): a rerun with other settings is refused instead of mixing results. The final COCO json is
 assembled from the shards in input order, streaming, so memory does not grow with the number of images.
 """
@@ -20,6 +20,9 @@ from adet.checkpoint import atomic_write_text
 from adet.errors import InputError
 
 SHARD_PATTERN = "predictions.rank*.jsonl"
+# Where a line's detections begin: the key cannot occur unescaped inside the file name, which comes before it.
+DETECTIONS_KEY = b', "detections": ['
+
 RUN_FILE = "predictions.run.json"
 
 
@@ -98,7 +101,8 @@ class ShardWriter:
         self.file: IO[str] = open(self.path, "a", encoding="utf-8")
 
     def write(self, source: str, detections: list[dict]) -> None:
-        self.file.write(json.dumps({"file": source, "detections": detections}) + "\n")
+        # "detections" last: the assembly copies its text without parsing it (DETECTIONS_KEY)
+        self.file.write(json.dumps({"file": source, "count": len(detections), "detections": detections}) + "\n")
         self.file.flush()
 
     def close(self) -> None:
@@ -116,16 +120,19 @@ def assemble_json(folder: str, sources: list[str], json_path: str) -> int:
     count, temporary = 0, f"{json_path}.tmp-{os.getpid()}"
     handles: dict[str, IO[bytes]] = {}
     try:
-        with open(temporary, "w", encoding="utf-8") as out:
-            out.write("[")
+        with open(temporary, "wb") as out:
+            out.write(b"[")
             for source in sources:
                 shard, offset = done[source]
                 handle = handles.get(shard) or handles.setdefault(shard, open(shard, "rb"))
                 handle.seek(offset)
-                for record in json.loads(handle.readline())["detections"]:
-                    out.write(("," if count else "") + json.dumps(record))
-                    count += 1
-            out.write("]")
+                line = handle.readline().rstrip(b"\n")
+                start = line.index(DETECTIONS_KEY) + len(DETECTIONS_KEY)
+                records = line[start:-2]  # the array's text without its brackets (the line ends with "]}")
+                if records:
+                    out.write((b"," if count else b"") + records)
+                    count += json.loads(line[:start - len(DETECTIONS_KEY)] + b"}")["count"]
+            out.write(b"]")
         os.replace(temporary, json_path)
     finally:
         for handle in handles.values():
