@@ -10,6 +10,7 @@ up to float rounding (~1e-7 in scores) in larger batches, whatever the mix of im
 from __future__ import annotations
 
 import logging
+import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,13 @@ from adet.structures import padded_size
 from .predictor import DefaultPredictor, prepare_image
 
 logger = logging.getLogger(__name__)
+
+
+def leave_signals_to_the_main_process(worker_id: int) -> None:
+    """Loader workers leave Ctrl-C (SIGINT, sent to the whole terminal's process group) and the stop signals to the
+    main process, which ends them: no traceback from each worker."""
+    leave_stop_signals_to_the_trainer(worker_id)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class ImageFiles(torchdata.Dataset):
@@ -90,7 +98,7 @@ def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callabl
     # batch_size None: items one by one (the buckets batch them), untouched (the original stays a numpy array)
     loader = torchdata.DataLoader(ImageFiles(paths, predictor, keep_original), batch_size=None,
                                   collate_fn=trivial_batch_collator, num_workers=num_workers,
-                                  worker_init_fn=leave_stop_signals_to_the_trainer,
+                                  worker_init_fn=leave_signals_to_the_main_process,
                                   prefetch_factor=max(2, batch_size) if num_workers else None)
     buckets = SizeBuckets(batch_size, predictor.model.size_divisibility)
     start, model_seconds, pending = time.perf_counter(), 0.0, []
