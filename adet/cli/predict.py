@@ -229,8 +229,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
         raise PreflightError("--batch-size and --workers must not be negative")
     if args.slice is not None and (min(args.slice) <= 0 or not 0 <= args.overlap < 1 or args.onnx):
         raise PreflightError("--slice H W needs positive tile sizes, --overlap in [0, 1) and a PyTorch model")
-    if args.onnx:
-        onnx_predictor(args, overrides)  # checks the file and the options now, once
+    checked_onnx = onnx_predictor(args, overrides) if args.onnx else None  # checks the file and the options now
     source = args.onnx or predict_config(args, overrides)
     if paths:
         use_cuda = not args.onnx and source.MODEL.DEVICE.startswith("cuda")
@@ -243,7 +242,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
                 f", {counts['skipped']} skipped" if counts["skipped"] else "") + (
                 f"; results in {args.output}" if args.output else ""))
         return counts
-    predictor = onnx_predictor(args, overrides) if args.onnx else Predictor(source)
+    predictor = checked_onnx or Predictor(source)
     results = JsonResults(args.ground_truth, args.json)
     if args.video_input:
         capture = cv2.VideoCapture(args.video_input)
