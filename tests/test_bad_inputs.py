@@ -65,6 +65,12 @@ def test_bad_input(case, world, capsys):
         case.check(world)
 
 
+def _interruptible() -> None:
+    """In the child: Ctrl-C's default action, even when the test runner was started in the background, where SIGINT
+    is ignored and Python would then never raise KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _wait_for(path, process, timeout=300):
     deadline = time.time() + timeout
     while not os.path.exists(path):
@@ -78,7 +84,7 @@ def test_ctrl_c_during_training_keeps_the_last_checkpoint_and_resume_continues(w
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     argv = train(world, "train.json", "SOLVER.MAX_ITER", "400", "SOLVER.CHECKPOINT_PERIOD", "2", "--log-period", "1")
     process = subprocess.Popen([sys.executable, "-m", "adet", *argv], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env, cwd=ROOT)
+                               text=True, env=env, cwd=ROOT, preexec_fn=_interruptible)
     _wait_for(world.path("out", "model_0000003.pth"), process)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0]
@@ -105,7 +111,7 @@ def test_ctrl_c_during_prediction_leaves_no_partial_results(world):
     process = subprocess.Popen([sys.executable, "-m", "adet", "predict", "--weights", world.checkpoint, "--input",
                                 world.images, "--output", world.path("drawn"), "--json", world.path("r.json"),
                                 "--device", "cpu"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                               env=env, cwd=ROOT)
+                               env=env, cwd=ROOT, preexec_fn=_interruptible)
     _wait_for(world.path("drawn", "many_005.png"), process)
     process.send_signal(signal.SIGINT)
     output = process.communicate(timeout=120)[0]

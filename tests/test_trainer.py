@@ -18,9 +18,12 @@ from .conftest import FIXTURES, ROOT, make_tiny_cfg
 
 SCRIPT = os.path.join(ROOT, "tests", "scripts", "adelaidet_train_net.py")
 # Recorded with the function-style trainer of commit 4eabc6d (tools/train_net.py, --log-period 1), same arguments, one
-# thread: another thread count (or CPU) sums convolutions in another order, which moves losses by ~1e-4 relative
-# within 4 steps; a changed data order, seed or loss moves them by far more.
+# thread: another thread count, CPU or torch release sums convolutions in another order, which moves losses by ~1e-5
+# relative at iteration 2 and ~1e-3 at iteration 3; this tiny run at lr 0.01 is chaotic after that (torch 2.14 moves
+# iteration 4 by 10%), so only iterations 0-3 are compared with the recording, and later ones with a run of the same
+# machine. A changed data order, seed or loss moves even iteration 0 by far more.
 RECORDED = json.load(open(os.path.join(FIXTURES, "tiny_training_losses.json")))
+RECORDED_STABLE_ITERATIONS = 4
 
 
 @pytest.fixture(scope="module")
@@ -64,41 +67,13 @@ def step_log(output_dir):
         return [json.loads(line) for line in f]
 
 
-def assert_recorded_losses(losses_by_iteration):
-    assert losses_by_iteration and set(losses_by_iteration) <= {int(i) for i in RECORDED["losses"]}
-    for iteration, got in losses_by_iteration.items():
-        for term, value in RECORDED["losses"][str(iteration)].items():
-            assert got[term] == pytest.approx(value, rel=2e-3, abs=1e-5), (iteration, term)
-
-
-def test_adelaidet_trainer_script_reproduces_the_recorded_losses_and_resumes_a_hook_after_sigkill(shapes, tmp_path):
-    """The AdelaiDet pattern, run twice: killed (SIGKILL, no chance to save) in iteration 4, then --resume from the
-    checkpoint of iteration 2. The counting hook's state comes back from the checkpoint, and the losses of every
-    iteration, before and after the kill, are the recorded ones."""
-    killed = run_script(shapes, tmp_path, kill_at=4)
-    assert killed.returncode == -9, killed.stderr[-2000:]
-    output_dir = tmp_path / "out"
-    assert [r["iteration"] for r in step_log(output_dir)] == [0, 1, 2, 3, 4]
-    saved = torch.load(output_dir / "model_0000002.pth", weights_only=True)
-    assert saved["hooks"] == {"CountSteps": {"steps": 3}} and (output_dir / "last_checkpoint").read_text() == \
-        "model_0000002.pth"
-
-    resumed = run_script(shapes, tmp_path, "--resume")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    records = step_log(output_dir)
-    assert [(r["iteration"], r["steps"]) for r in records] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5),
-                                                             (3, 4), (4, 5), (5, 6)]
-    assert torch.load(output_dir / "model_final.pth", weights_only=True)["hooks"] == {"CountSteps": {"steps": 6}}
-    assert_recorded_losses({r["iteration"]: r for r in records[:5]})  # before the kill
-    assert_recorded_losses({r["iteration"]: r for r in records[5:]})  # after the resume: iterations 3 to 5
-    with open(output_dir / "metrics.json") as f:
-        metrics = [json.loads(line) for line in f]
-    assert sorted(r["iteration"] for r in metrics if "total_loss" in r) == [0, 3, 5]  # log period 20, and resumed
-    evaluations = [r["iteration"] for r in metrics if "segm/AP" in r]
-    assert evaluations == [2, 5]
-    results = json.loads((output_dir / "results.json").read_text())
-    assert set(results) == {"bbox", "segm", "ground_truth"}  # detectron2's layout for one test dataset
-    assert results["segm"]["AP"] == pytest.approx(RECORDED["evaluations"]["5"]["segm/AP"], abs=1e-6)
+def assert_same_losses(got_by_iteration, expected_by_iteration, rel):
+    assert got_by_iteration and set(got_by_iteration) <= set(expected_by_iteration)
+    for iteration, got in got_by_iteration.items():
+        expected = expected_by_iteration[iteration]
+        assert {k for k in got if k.startswith("loss_")} == set(expected)
+        for term, value in expected.items():
+            assert got[term] == pytest.approx(value, rel=rel, abs=1e-7), (iteration, term)
 
 
 class LossesEveryStep(HookBase):
@@ -113,12 +88,67 @@ class LossesEveryStep(HookBase):
 @pytest.fixture
 def one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as the recording
+    torch.set_num_threads(1)  # as the recording and the script (OMP_NUM_THREADS=1)
     yield
     torch.set_num_threads(threads)
 
 
-def test_a_validation_loss_leaves_training_as_recorded_and_is_repeatable(shapes, tmp_path, one_thread):
+@pytest.fixture(scope="module")
+def uninterrupted(shapes, tmp_path_factory):
+    """The losses of every iteration of the recorded run, uninterrupted, without hooks, one thread, on this machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        register_shapes(shapes)
+        trainer = DefaultTrainer(tiny_training_cfg(tmp_path_factory.mktemp("uninterrupted") / "out"))
+        every_step = LossesEveryStep()
+        trainer.register_hooks([every_step])
+        trainer.resume_or_load(resume=False)
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    assert sorted(every_step.losses) == list(range(6))
+    return every_step.losses
+
+
+def test_the_trainer_reproduces_the_losses_recorded_before_it_existed(uninterrupted):
+    recorded = {int(i): losses for i, losses in RECORDED["losses"].items() if int(i) < RECORDED_STABLE_ITERATIONS}
+    assert_same_losses({i: uninterrupted[i] for i in recorded}, recorded, rel=2e-3)
+
+
+def test_adelaidet_trainer_script_reproduces_the_losses_and_resumes_a_hook_after_sigkill(shapes, tmp_path,
+                                                                                          uninterrupted):
+    """The AdelaiDet pattern, run twice: killed (SIGKILL, no chance to save) in iteration 4, then --resume from the
+    checkpoint of iteration 2. The counting hook's state comes back from the checkpoint, and the losses of every
+    iteration, before and after the kill, are those of the uninterrupted run."""
+    killed = run_script(shapes, tmp_path, kill_at=4)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    output_dir = tmp_path / "out"
+    assert [r["iteration"] for r in step_log(output_dir)] == [0, 1, 2, 3, 4]
+    saved = torch.load(output_dir / "model_0000002.pth", weights_only=True)
+    assert saved["hooks"] == {"CountSteps": {"steps": 3}} and (output_dir / "last_checkpoint").read_text() == \
+        "model_0000002.pth"
+
+    resumed = run_script(shapes, tmp_path, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = step_log(output_dir)
+    assert [(r["iteration"], r["steps"]) for r in records] == [(0, 1), (1, 2), (2, 3), (3, 4), (4, 5),
+                                                             (3, 4), (4, 5), (5, 6)]
+    assert torch.load(output_dir / "model_final.pth", weights_only=True)["hooks"] == {"CountSteps": {"steps": 6}}
+    assert_same_losses({r["iteration"]: r for r in records[:5]}, uninterrupted, rel=1e-6)  # before the kill
+    assert_same_losses({r["iteration"]: r for r in records[5:]}, uninterrupted, rel=1e-6)  # resumed: 3 to 5
+    with open(output_dir / "metrics.json") as f:
+        metrics = [json.loads(line) for line in f]
+    assert sorted(r["iteration"] for r in metrics if "total_loss" in r) == [0, 3, 5]  # log period 20, and resumed
+    evaluations = [r["iteration"] for r in metrics if "segm/AP" in r]
+    assert evaluations == [2, 5]
+    results = json.loads((output_dir / "results.json").read_text())
+    assert set(results) == {"bbox", "segm", "ground_truth"}  # detectron2's layout for one test dataset
+    last_evaluation = next(r for r in reversed(metrics) if "segm/AP" in r)
+    assert results["segm"]["AP"] == last_evaluation["segm/AP"] and results["ground_truth"]["annotations"] > 0
+
+
+def test_a_validation_loss_leaves_training_as_it_was_and_is_repeatable(shapes, tmp_path, one_thread, uninterrupted):
     register_shapes(shapes)
     trainer = DefaultTrainer(tiny_training_cfg(tmp_path / "out"))
     every_step, validation = LossesEveryStep(), ValidationLoss("shapes", period=2, max_images=4)
@@ -126,7 +156,8 @@ def test_a_validation_loss_leaves_training_as_recorded_and_is_repeatable(shapes,
     trainer.resume_or_load(resume=False)
     trainer.train()
     assert sorted(every_step.losses) == list(range(6))
-    assert_recorded_losses(every_step.losses)  # the validation passes changed neither RNG nor BatchNorm statistics
+    # the validation passes changed neither the RNG nor BatchNorm statistics
+    assert_same_losses(every_step.losses, uninterrupted, rel=1e-6)
     with open(tmp_path / "out" / "metrics.json") as f:
         records = [json.loads(line) for line in f if "validation_loss" in line]
     assert [r["iteration"] for r in records] == [1, 3, 5]
