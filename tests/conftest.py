@@ -16,6 +16,10 @@ sys.path.insert(0, ROOT)
 # No test reaches the internet: weight URLs resolve from caches only (test_weights_download.py lifts this for its
 # local server). Subprocesses inherit it.
 os.environ["EMBEDMASK_OFFLINE"] = "1"
+# Every process group the tests start follows NCCL's device rule (adet/utils/comm.py): the default group takes CUDA
+# tensors only, so a CPU tensor sent to it fails here as it would on GPUs. Spawned, torchrun and srun-style workers
+# read it from the environment; the tests marked nccl_emulated are the multi-process matrix that relies on it.
+os.environ["EMBEDMASK_DIST_BACKEND"] = "cuda:gloo"
 
 from adet.config import get_cfg  # noqa: E402
 

@@ -182,6 +182,7 @@ def test_a_stop_signal_saves_the_iteration_and_resume_continues_exactly(signum, 
     assert_same_run(one_process_reference, output_dir, iteration + 1)
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_sigterm_to_every_process_of_a_two_process_run(tiny_data, tmp_path, two_process_reference):  # noqa: F811
     output_dir = tmp_path / "run"
@@ -200,6 +201,7 @@ def test_sigterm_to_every_process_of_a_two_process_run(tiny_data, tmp_path, two_
     assert_same_run(two_process_reference, output_dir, iteration + 1)
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_a_killed_rank_ends_the_run_at_once_without_orphans(tiny_data, tmp_path):  # noqa: F811
     output_dir = tmp_path / "dies"
@@ -217,6 +219,7 @@ def test_a_killed_rank_ends_the_run_at_once_without_orphans(tiny_data, tmp_path)
     assert no_process_left(process.tag)  # data-loader workers included
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_torchrun_restart_continues_from_the_checkpoint(tiny_data, tmp_path, two_process_reference):  # noqa: F811
     output_dir = tmp_path / "elastic"
@@ -238,6 +241,7 @@ def test_torchrun_restart_continues_from_the_checkpoint(tiny_data, tmp_path, two
         assert got[iteration] == expected[iteration], iteration
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_slurm_launcher_from_slurm_variables_equals_two_spawned_processes(tiny_data, tmp_path,  # noqa: F811
                                                                           two_process_reference):
@@ -413,6 +417,7 @@ def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tiny_data, tmp_pa
 SLOW_EVALUATION = os.path.join(ROOT, "tests", "slow_evaluation.py")
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_a_long_evaluation_on_rank_0_does_not_trip_the_collective_timeout(tiny_data, tmp_path):  # noqa: F811
     """DIST_TIMEOUT 3 s and rank 0 scoring for 8 s: the others wait for it without timing out."""

@@ -212,3 +212,32 @@ def test_a_failing_cuda_backward_falls_back_to_reference_gradients(broken_cuda):
     for leaf, expected in zip(leaves, reference):
         assert relative_error(leaf.grad, expected.grad) < 1e-6
     assert "cuda" in fused._failed
+
+
+@pytest.mark.parametrize("ninja, nvcc, expected", [
+    (False, True, "ninja is not installed"), (True, False, "nvcc, CUDA's compiler, is not found"),
+    (False, False, "ninja is not installed (pip install ninja); nvcc")])
+def test_a_gpu_machine_without_build_tools_gets_one_warning_naming_them_and_the_pytorch_path(
+        monkeypatch, tmp_path, ninja, nvcc, expected):
+    import torch.utils.cpp_extension as cpp_extension
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(fused, "_failed", set())
+    monkeypatch.setattr(fused, "_modules", {})
+    monkeypatch.setattr(fused, "_fix_cuda_home", lambda: None)
+    monkeypatch.setattr(fused, "_compile", lambda *a, **k: pytest.fail("a build was attempted without its tools"))
+    monkeypatch.setattr(cpp_extension, "is_ninja_available", lambda: ninja)
+    home = tmp_path / "cuda"
+    (home / "bin").mkdir(parents=True)
+    if nvcc:
+        (home / "bin" / "nvcc").write_text("")
+    monkeypatch.setattr(cpp_extension, "CUDA_HOME", str(home))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.delenv("EMBEDMASK_DISABLE_CUDA_KERNEL", raising=False)
+    with pytest.warns(RuntimeWarning, match="fused CUDA coupling kernel failed") as record:
+        assert fused.fused_kernel_available() is False
+    assert len(record) == 1 and expected in str(record[0].message), [str(r.message) for r in record]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once given up, silently the PyTorch path
+        assert fused.fused_kernel_available() is False
+        assert fused.fused_mask_probability(*make_inputs(2, 16, 5, 6, 3)) is None

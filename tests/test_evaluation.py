@@ -93,6 +93,7 @@ def test_eval_only_ap_equals_pycocotools(tiny_dataset):
         assert {f"AP-class{i}" for i in CATEGORY_IDS} <= set(results[task])
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_eval_only_two_cpu_processes_give_the_same_results(tiny_dataset):
     output_dir = tiny_dataset["root"] / "eval2"

@@ -135,6 +135,7 @@ def test_size_buckets_batch_one_padded_size_and_hold_few_images():
     assert sum(len(b) for b in buckets.rest()) == 4 and buckets.rest() == []
 
 
+@pytest.mark.nccl_emulated
 def test_two_processes_write_what_one_does(setup, reference, tmp_path):
     records = predict(setup, tmp_path / "two.json", "--num-gpus", "2", "MODEL.DEVICE", "cpu")
     assert records == reference
@@ -148,6 +149,7 @@ def _shard_lines(folder):
     return sum(len(open(os.path.join(folder, f)).readlines()) for f in os.listdir(folder) if f.endswith(".jsonl"))
 
 
+@pytest.mark.nccl_emulated
 def test_a_killed_sharded_run_is_finished_by_a_rerun_with_nothing_lost_or_twice(setup, reference, tmp_path):
     out = tmp_path / "killed.json"
     folder = str(out) + ".parts"

@@ -170,3 +170,53 @@ def test_leaf_modules_import_nothing_from_the_package(module):
     modules = package_modules()
     path, tree = modules[module]
     assert imported_modules(module, path, tree, set(modules)) == set()
+
+
+# Every collective goes through adet.utils.comm, which picks the group by the tensor's device: under NCCL a CPU
+# tensor on the default group raises, and only comm knows which group takes what.
+COLLECTIVES = {"all_reduce", "all_reduce_coalesced", "broadcast", "barrier", "monitored_barrier", "all_gather",
+               "all_gather_into_tensor", "all_gather_object", "all_gather_coalesced", "gather", "gather_object",
+               "scatter", "scatter_object_list", "reduce", "reduce_scatter", "reduce_scatter_tensor", "all_to_all",
+               "all_to_all_single", "send", "recv", "isend", "irecv", "batch_isend_irecv", "broadcast_object_list",
+               "send_object_list", "recv_object_list"}
+COLLECTIVES_MODULE = "adet.utils.comm"
+
+
+def distributed_collective_calls(tree: ast.AST) -> list[str]:
+    """``name (line N)`` for each call of a torch.distributed collective in ``tree``, whatever the module's alias."""
+    aliases = {"torch.distributed"}  # dotted names that mean torch.distributed in this file
+    direct = {}  # names imported from torch.distributed: local name -> collective
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            aliases.update(a.asname for a in node.names if a.name == "torch.distributed" and a.asname)
+        elif isinstance(node, ast.ImportFrom) and node.module == "torch" :
+            aliases.update(a.asname or a.name for a in node.names if a.name == "distributed")
+        elif isinstance(node, ast.ImportFrom) and node.module == "torch.distributed":
+            direct.update({a.asname or a.name: a.name for a in node.names if a.name in COLLECTIVES})
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call):
+            continue
+        if isinstance(node.func, ast.Attribute) and node.func.attr in COLLECTIVES \
+                and ast.unparse(node.func.value) in aliases:
+            found.append(f"{node.func.attr} (line {node.lineno})")
+        elif isinstance(node.func, ast.Name) and node.func.id in direct:
+            found.append(f"{direct[node.func.id]} (line {node.lineno})")
+    return found
+
+
+def test_collective_detection_sees_every_spelling():
+    source = ("import torch\nimport torch.distributed as dist\nfrom torch import distributed as d2\n"
+              "from torch.distributed import barrier as wait\n"
+              "dist.all_reduce(x)\nd2.broadcast(x, 0)\ntorch.distributed.all_gather_object(a, b)\nwait()\n"
+              "dist.get_rank()\nx.broadcast(0)\n")
+    assert distributed_collective_calls(ast.parse(source)) == [
+        "all_reduce (line 5)", "broadcast (line 6)", "all_gather_object (line 7)", "barrier (line 8)"]
+
+
+def test_collectives_only_in_comm():
+    modules = package_modules()
+    assert COLLECTIVES_MODULE in modules and distributed_collective_calls(modules[COLLECTIVES_MODULE][1])
+    outside = {name: calls for name, (_, tree) in modules.items() if name != COLLECTIVES_MODULE
+               for calls in [distributed_collective_calls(tree)] if calls}
+    assert not outside, f"torch.distributed collectives outside {COLLECTIVES_MODULE}: {outside}"

@@ -148,6 +148,7 @@ def test_resume_after_sigkill_continues_the_same_loss_sequence(tiny_data, tmp_pa
             assert got[iteration][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (iteration, key)
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_two_cpu_processes_match_one_process_with_the_same_total_batch(tmp_path):
     """A one-image dataset without flips makes every per-process batch identical, so per-process normalisations
@@ -185,6 +186,7 @@ def test_two_cpu_processes_match_one_process_with_the_same_total_batch(tmp_path)
         assert difference <= 0.02 * update + 1e-7, name
 
 
+@pytest.mark.nccl_emulated
 @pytest.mark.slow
 def test_torchrun_launch(tiny_data, tmp_path):
     import shutil

@@ -13,6 +13,7 @@ import torch
 from adet.data import DatasetCatalog, MetadataCatalog, register_coco_instances
 from adet.data.synthetic import write_split
 from adet.engine import DefaultTrainer, EarlyStopping, HookBase, ValidationLoss
+from adet.utils.events import EventStorage
 
 from .conftest import FIXTURES, ROOT, make_tiny_cfg
 
@@ -207,5 +208,29 @@ def test_early_stopping_counts_evaluations_without_improvement():
         assert (stopper.trainer.reason is None) == (iteration < 3)
     assert (stopper.best, stopper.best_iter, stopper.bad_evaluations) == (0.8, 1, 2)
     assert "best 0.8 at iteration 1" in stopper.trainer.reason
-    with pytest.raises(KeyError, match="has no 'segm/APm'"):
-        EarlyStopping("segm/APm").after_eval({"segm": {"AP": 1.0}})
+    stopper.trainer.storage = EventStorage()
+    missing = EarlyStopping("segm/APm")
+    missing.trainer = stopper.trainer
+    with pytest.raises(KeyError, match="has no 'segm/APm' and no hook put it"):
+        missing.after_eval({"segm": {"AP": 1.0}})
+
+
+def test_early_stopping_observes_a_hook_scalar_once_at_the_iteration_it_was_put():
+    class FakeTrainer:
+        iter = 0
+        reason = None
+        storage = EventStorage()
+
+        def request_stop(self, reason):
+            self.reason = reason
+
+    stopper = EarlyStopping("validation_loss", patience=2, mode="min")
+    stopper.trainer = trainer = FakeTrainer()
+    for iteration in range(8):
+        trainer.iter = trainer.storage.iter = iteration
+        if iteration % 2 == 0:  # a validation every other iteration: 1.0, 0.5, 0.7, 0.6
+            trainer.storage.put_scalar("validation_loss", [1.0, 0.5, 0.7, 0.6][iteration // 2])
+        stopper.after_step()
+        stopper.after_eval({"segm": {"AP": 1.0}})  # an evaluation without the metric: the hook's scalar is enough
+    assert (stopper.best, stopper.best_iter, stopper.bad_evaluations) == (0.5, 2, 2)
+    assert trainer.reason is not None and "best 0.5 at iteration 2" in trainer.reason

@@ -95,6 +95,8 @@ def check_config_values(cfg, world_size: int = 1) -> None:
         (cfg.FLOAT32_PRECISION in ("", "highest", "high", "medium"), "FLOAT32_PRECISION",
          "must be '', 'highest', 'high' or 'medium'"),
         (solver.IMS_PER_BATCH >= 1, "SOLVER.IMS_PER_BATCH", "must be at least 1"),
+        (solver.AMP.PRECISION in ("auto", "float16", "bfloat16"), "SOLVER.AMP.PRECISION",
+         "must be 'auto', 'float16' or 'bfloat16'"),
         (solver.MAX_ITER >= 1, "SOLVER.MAX_ITER", "must be at least 1"),
         (solver.BASE_LR > 0 and solver.BASE_LR != float("inf"), "SOLVER.BASE_LR", "must be a positive number"),
         (all(isinstance(s, int) for s in solver.STEPS) and list(solver.STEPS) == sorted(solver.STEPS),

@@ -151,6 +151,9 @@ _C.SOLVER.CLIP_GRADIENTS.CLIP_TYPE = "value"
 _C.SOLVER.CLIP_GRADIENTS.CLIP_VALUE = 1.0
 _C.SOLVER.CLIP_GRADIENTS.NORM_TYPE = 2.0
 _C.SOLVER.AMP = CN({"ENABLED": False})
+# Mixed precision's type: "auto" is bfloat16 where the GPU computes it natively (Ampere and later) and on the CPU,
+# float16 (with a loss scaler) on older GPUs; or "float16" / "bfloat16".
+_C.SOLVER.AMP.PRECISION = "auto"
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Test, output, misc

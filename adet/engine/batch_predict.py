@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.utils.data as torchdata
 
-from adet.data.build import leave_stop_signals_to_the_trainer, trivial_batch_collator
+from adet.data.build import leave_stop_signals_to_the_trainer, pin_memory, trivial_batch_collator
 from adet.data.image_io import read_image
 from adet.errors import ImageReadError
 from adet.structures import padded_size
@@ -99,7 +99,8 @@ def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callabl
     loader = torchdata.DataLoader(ImageFiles(paths, predictor, keep_original), batch_size=None,
                                   collate_fn=trivial_batch_collator, num_workers=num_workers,
                                   worker_init_fn=leave_signals_to_the_main_process,
-                                  prefetch_factor=max(2, batch_size) if num_workers else None)
+                                  prefetch_factor=max(2, batch_size) if num_workers else None,
+                                  pin_memory=pin_memory(str(predictor.model.device)))
     buckets = SizeBuckets(batch_size, predictor.model.size_divisibility)
     start, model_seconds, pending = time.perf_counter(), 0.0, []
 

@@ -84,7 +84,10 @@ class EarlyStopping(HookBase):
     """Stop training when ``metric`` (a key of the evaluation, e.g. ``segm/AP``, ``bbox/AP50``, or a scalar a hook
     puts, e.g. ``validation_loss``) has not improved by more than ``min_delta`` for ``patience`` evaluations.
     ``mode`` "max" (AP) or "min" (a loss). The run ends with model_final.pth and a resumable checkpoint;
-    model_best.pth holds the best weights."""
+    model_best.pth holds the best weights.
+
+    A hook's scalar is observed once per value, in ``after_step`` (register this hook after the one that puts it,
+    and it stops at the same iteration; before it, one iteration later)."""
 
     def __init__(self, metric: str = "segm/AP", patience: int = 5, mode: str = "max", min_delta: float = 0.0):
         if mode not in ("max", "min"):
@@ -95,28 +98,38 @@ class EarlyStopping(HookBase):
         self.best = -math.inf if mode == "max" else math.inf
         self.best_iter = -1
         self.bad_evaluations = 0
+        self.observed_iter = -1  # the iteration of the last hook scalar observed
 
     def _improved(self, value: float) -> bool:
         if self.mode == "max":
             return value > self.best + self.min_delta
         return value < self.best - self.min_delta
 
-    def observe(self, value: float) -> None:
+    def observe(self, value: float, iteration: int | None = None) -> None:
         if self._improved(value):
-            self.best, self.best_iter, self.bad_evaluations = value, self.trainer.iter, 0
+            self.best, self.bad_evaluations = value, 0
+            self.best_iter = self.trainer.iter if iteration is None else iteration
             return
         self.bad_evaluations += 1
         if self.bad_evaluations >= self.patience:
             self.trainer.request_stop(f"early stopping: {self.metric} has not improved for {self.bad_evaluations} "
                                       f"evaluations (best {self.best:.4g} at iteration {self.best_iter})")
 
+    def after_step(self) -> None:
+        latest = self.trainer.storage.latest().get(self.metric)  # (value, iteration) of a hook's scalar
+        if latest is not None and latest[1] > self.observed_iter:
+            self.observed_iter = latest[1]
+            self.observe(*latest)
+
     def after_eval(self, results: dict) -> None:
         if not results:  # not the main process: rank 0 decides, the trainer tells the others
             return
         flat = flat_metrics(results)
-        if self.metric not in flat:
-            raise KeyError(f"EarlyStopping: the evaluation has no {self.metric!r}; it has {sorted(flat)}")
-        self.observe(flat[self.metric])
+        if self.metric in flat:
+            self.observe(flat[self.metric])
+        elif self.metric not in self.trainer.storage.latest():
+            raise KeyError(f"EarlyStopping: the evaluation has no {self.metric!r} and no hook put it; the evaluation "
+                           f"has {sorted(flat)}")
 
     def state_dict(self) -> dict:
         return {"best": self.best, "best_iter": self.best_iter, "bad_evaluations": self.bad_evaluations}
@@ -154,34 +167,33 @@ class ValidationLoss(HookBase):
 
     @torch.no_grad()
     def compute(self) -> dict[str, float]:
-        """The mean of each loss term over the images (all processes together)."""
+        """The mean over the images of each loss term, every image scored alone (all processes together: the same
+        value whatever the number of processes). The images are shared out unevenly between processes, so the loss
+        makes no collective (:func:`comm.process_local_losses`); the sums meet in one gather at the end."""
         model = self.trainer.model
         dicts = [d for d in DatasetCatalog.get(self.dataset) if d.get("annotations")][:self.max_images]
-        mine = dicts[comm.get_rank()::comm.get_world_size()]
-        mapper, batch = self.mapper(), max(self.trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size(), 1)
+        mapper = self.mapper()
+        comm.broadcast_buffers(model)  # each process's share scored with the BatchNorm statistics that are saved
         norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and m.training]
-        totals: dict[str, torch.Tensor] = {}
-        count = torch.zeros(1, dtype=torch.float64)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)  # proposal sampling: the same draw at every evaluation
+        totals: dict[str, float] = {}
+        with torch.random.fork_rng(devices=[]), comm.process_local_losses():
             for norm in norms:
                 norm.eval()
             try:
-                for start in range(0, len(mine), batch):
-                    inputs = [mapper(d, np.random.default_rng([0, start + i])) for i, d in
-                              enumerate(mine[start:start + batch])]
-                    for name, value in model(inputs).items():
-                        totals[name] = totals.get(name, 0) + value.detach().double().cpu() * len(inputs)
-                    count += len(inputs)
+                for index in range(comm.get_rank(), len(dicts), comm.get_world_size()):
+                    torch.manual_seed(index)  # proposal sampling: the same draw for this image at every evaluation
+                    losses = model([mapper(dicts[index], np.random.default_rng([0, index]))])
+                    values = torch.stack([v.detach().double() for v in losses.values()]).tolist()  # one sync
+                    for name, value in zip(losses, values):
+                        totals[name] = totals.get(name, 0.0) + value
             finally:
                 for norm in norms:
                     norm.train()
-        names = sorted(comm.all_gather(sorted(totals)), key=len)[-1]  # a process with no image has no names
-        summed = torch.stack([torch.as_tensor(totals.get(n, 0.0), dtype=torch.float64).reshape(()) for n in names]
-                             + [count[0]])
-        if comm.get_world_size() > 1:
-            torch.distributed.all_reduce(summed, group=comm.cpu_group())
-        return {name: float(summed[i] / summed[-1]) for i, name in enumerate(names)}
+        summed: dict[str, float] = {}
+        for share in comm.all_gather(totals):
+            for name, value in share.items():
+                summed[name] = summed.get(name, 0.0) + value
+        return {name: value / max(len(dicts), 1) for name, value in sorted(summed.items())}
 
 
 # Ultralytics' callback events -> the hook method that runs them.

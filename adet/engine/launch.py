@@ -103,11 +103,28 @@ def dist_timeout(seconds: float, use_nccl: bool) -> datetime.timedelta:
     return datetime.timedelta(seconds=seconds or DEFAULT_TIMEOUT_S["nccl" if use_nccl else "gloo"])
 
 
+def unsafe_nccl_error_handling() -> str | None:
+    """Why TORCH_NCCL_ASYNC_ERROR_HANDLING, when set to turn NCCL's error handling off, lets a run hang, or None.
+    PyTorch's default (3) ends a process whose collective timed out or failed, which ends the run; with 0 a lost
+    process leaves the others waiting on the GPU forever, the timeout notwithstanding."""
+    value = os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", os.environ.get("NCCL_ASYNC_ERROR_HANDLING"))
+    if value is not None and value.strip() == "0":
+        return ("TORCH_NCCL_ASYNC_ERROR_HANDLING=0: a failed or timed-out NCCL collective will not end the run (it "
+                "hangs instead); unset it to keep PyTorch's default")
+    return None
+
+
 def check_devices(num_gpus_per_machine: int, device: str) -> None:
-    """Asking for more CUDA processes than GPUs is an error (with a CPU alternative in the message)."""
+    """Asking for more CUDA processes than GPUs is an error (with a CPU alternative in the message), but with the
+    default group on gloo (EMBEDMASK_DIST_BACKEND=cuda:gloo), where processes may share a GPU."""
     if not device.startswith("cuda") or num_gpus_per_machine <= 1:
         return
     available = torch.cuda.device_count()
+    if available and comm.default_backend(use_cuda=True) == "cuda:gloo":
+        if num_gpus_per_machine > available:
+            logger.warning("%d processes share %d GPU(s): the default group is gloo (%s=cuda:gloo)",
+                           num_gpus_per_machine, available, comm.BACKEND_ENV)
+        return
     if num_gpus_per_machine > available:
         have = "none" if available == 0 else f"only {available}"
         raise LaunchError(f"--num-gpus {num_gpus_per_machine} asks for {num_gpus_per_machine} GPUs but this machine "
@@ -127,15 +144,14 @@ def launch(main_func: Callable[..., Any], num_gpus_per_machine: int, num_machine
     None: the exception propagates). ``timeout`` (default: :func:`dist_timeout`) bounds every collective.
     """
     kind = resolve_launcher(launcher)
-    use_nccl = use_cuda and torch.cuda.is_available()
-    timeout = timeout or dist_timeout(0, use_nccl)
+    timeout = timeout or dist_timeout(0, comm.default_backend(use_cuda) == "nccl")
     if kind == "torchrun":
         return _worker_in_group(main_func, "env://", int(os.environ["WORLD_SIZE"]), int(os.environ["RANK"]),
                                 int(os.environ["LOCAL_RANK"]), use_cuda, timeout, args, report_error)
     if kind == "slurm":
         task = slurm_task()
         check_gpus_per_node(task, "cuda" if use_cuda else "cpu", num_gpus_per_machine,
-                            torch.cuda.device_count() if use_nccl else 0)
+                            torch.cuda.device_count() if use_cuda else 0)
         return _worker_in_group(main_func, task.dist_url, task.world_size, task.rank, task.local_rank, use_cuda,
                                 timeout, args, report_error)
     world_size = num_machines * num_gpus_per_machine
@@ -232,10 +248,12 @@ def _spawned_worker(local_rank: int, main_func, world_size: int, num_gpus_per_ma
 
 def _worker_in_group(main_func, dist_url: str, world_size: int, rank: int, local_rank: int, use_cuda: bool,
                      timeout: datetime.timedelta, args: tuple, report_error: ErrorReporter | None) -> Any:
-    use_nccl = use_cuda and torch.cuda.is_available()
-    if use_nccl:
+    # The device first (PyTorch's rule for NCCL: a process's collectives use its current device), then the group.
+    if use_cuda and torch.cuda.is_available():
         torch.cuda.set_device(local_rank % torch.cuda.device_count())
-    backend = "nccl" if use_nccl else "gloo"
+    backend = comm.default_backend(use_cuda)
+    if backend == "nccl" and unsafe_nccl_error_handling():
+        logger.warning(unsafe_nccl_error_handling())
     if dist_url == "env://":
         # torchrun's agent keeps the keys of an earlier attempt in its store: a restarted group would read the dead
         # processes' addresses (and fail or wait). Each attempt gets keys of its own.

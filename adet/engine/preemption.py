@@ -24,7 +24,6 @@ from collections.abc import Iterator
 from types import FrameType
 
 import torch
-import torch.distributed as dist
 
 from adet.utils import comm
 
@@ -76,8 +75,7 @@ def agree_to_stop(stop_asked_here: bool = False) -> tuple[int, bool]:
     GPU run does not wait for its stream."""
     if comm.get_world_size() == 1:
         return received_signal(), stop_asked_here
-    flags = torch.tensor([received_signal(), int(stop_asked_here)], dtype=torch.int64)
-    dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=comm.cpu_group())
+    flags = comm.all_reduce(torch.tensor([received_signal(), int(stop_asked_here)], dtype=torch.int64), "max")
     return int(flags[0]), bool(flags[1])
 
 

@@ -8,7 +8,6 @@ import os
 import random
 
 import torch
-import torch.distributed as dist
 
 from adet.utils import comm
 
@@ -30,9 +29,7 @@ def shared_seed(cfg_seed: int) -> int:
     if cfg_seed >= 0:
         return cfg_seed
     seed = torch.tensor([random.SystemRandom().randrange(2**31)])
-    if comm.get_world_size() > 1:
-        dist.broadcast(seed, src=0)
-    return int(seed.item())
+    return int(comm.broadcast(seed, src=0).item())
 
 
 def configure_determinism(cfg) -> None:

@@ -61,15 +61,36 @@ def check_finite(loss_dict: dict[str, torch.Tensor], iteration: int) -> dict[str
 def reduce_for_logging(loss_dict: dict[str, torch.Tensor]) -> dict[str, float]:
     """The mean of each loss over processes (what the log and metrics.json show)."""
     names = sorted(loss_dict)
-    values = torch.stack([loss_dict[k].detach().float() for k in names])
-    if comm.get_world_size() > 1:
-        torch.distributed.all_reduce(values)
-        values /= comm.get_world_size()
+    values = comm.all_reduce(torch.stack([loss_dict[k].detach().float() for k in names])) / comm.get_world_size()
     return dict(zip(names, values.tolist()))
 
 
 def _device(model: torch.nn.Module) -> torch.device:
     return next(model.parameters()).device
+
+
+def amp_dtype(precision: str, device_type: str) -> torch.dtype:
+    """SOLVER.AMP.PRECISION on ``device_type``: "auto" is bfloat16 on the CPU and on GPUs that compute it natively
+    (no loss scaling needed, float32's range), float16 on older GPUs."""
+    if precision == "float16":
+        return torch.float16
+    if precision == "bfloat16" or device_type != "cuda":
+        return torch.bfloat16
+    try:
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+    except TypeError:  # torch < 2.4 has no emulation and no argument
+        native = torch.cuda.is_bf16_supported()
+    return torch.bfloat16 if native else torch.float16
+
+
+def ddp_placement(device: torch.device) -> dict:
+    """DDP's device and group options for a model on ``device``: a CUDA model gets its one device (PyTorch's rule for
+    single-device modules) and the default group (NCCL); a CPU model no device ids and the CPU gloo group, as NCCL
+    would refuse its gradients."""
+    on_gpu = device.type == "cuda"
+    index = device.index if device.index is not None else (torch.cuda.current_device() if on_gpu else None)
+    return {"device_ids": [index] if on_gpu else None, "output_device": index if on_gpu else None,
+            "process_group": comm.group_for(device)}
 
 
 class DefaultTrainer:
@@ -86,9 +107,12 @@ class DefaultTrainer:
         self.model = self.build_model(cfg)
         self.optimizer = self.build_optimizer(cfg, self.model)
         self.scheduler = self.build_lr_scheduler(cfg, self.optimizer)
-        # Disabled unless SOLVER.AMP on a GPU: then scale/step/update pass through.
-        on_gpu = _device(self.model).type == "cuda"
-        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.SOLVER.AMP.ENABLED and on_gpu)
+        # Autocast's type, chosen once; the gradient scaler only for float16 on a GPU (bfloat16 has float32's range),
+        # else its scale/step/update pass through.
+        device_type = _device(self.model).type
+        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP.PRECISION, device_type)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=cfg.SOLVER.AMP.ENABLED and device_type == "cuda" and
+                                           self.amp_dtype == torch.float16)
         checkpointables = {"optimizer": self.optimizer, "scheduler": self.scheduler}
         if self.scaler.is_enabled():
             checkpointables["scaler"] = self.scaler
@@ -214,12 +238,11 @@ class DefaultTrainer:
                            "run sees other batches than an uninterrupted one would")
         self.model.class_names, self.model.category_ids = dataset_classes(self.cfg)
         if comm.get_world_size() > 1 and self.train_model is self.model:
-            device = _device(self.model)
             # Per-process BatchNorm statistics, as the official training (broadcast_buffers=False).
             with warnings.catch_warnings():  # newer torch renames the option; its meaning here is unchanged
                 warnings.simplefilter("ignore", FutureWarning)
-                self.train_model = DistributedDataParallel(
-                    self.model, device_ids=[device.index] if device.type == "cuda" else None, broadcast_buffers=False)
+                self.train_model = DistributedDataParallel(self.model, broadcast_buffers=False,
+                                                           **ddp_placement(_device(self.model)))
 
     def train_loop(self, log_period: int = 20) -> None:
         """Iterate to SOLVER.MAX_ITER with checkpoints and evaluations; leaves the last results in last_results."""
@@ -275,10 +298,7 @@ class DefaultTrainer:
     def run_step(self, data: list[dict]) -> tuple[dict[str, torch.Tensor], dict[str, float], float]:
         """One optimisation step on one batch; returns the losses (tensors and floats) and the learning rate."""
         seed_rng(self.seed, self.iter)
-        # AMP: float16 on GPUs (with the gradient scaler), bfloat16 on the CPU.
-        device_type = _device(self.model).type
-        dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-        with torch.autocast(device_type, dtype=dtype, enabled=self.cfg.SOLVER.AMP.ENABLED):
+        with torch.autocast(_device(self.model).type, dtype=self.amp_dtype, enabled=self.cfg.SOLVER.AMP.ENABLED):
             loss_dict = self.train_model(data)
         losses = check_finite(loss_dict, self.iter)
         self.optimizer.zero_grad(set_to_none=True)
@@ -332,6 +352,7 @@ class DefaultTrainer:
     def evaluate(self) -> bool:
         """Evaluate the weights of this iteration, keep model_best.pth and run the hooks' ``after_eval``; False
         when a stop signal cut it short."""
+        comm.broadcast_buffers(self.model)  # every process scores its share with the statistics that are saved
         results = evaluate_datasets(self.cfg, self.model, should_stop=preemption.stop_requested,
                                     build_test_loader=self.build_test_loader, build_evaluator=self.build_evaluator)
         comm.wait_for_evaluation()  # rank 0 may score for long: the others wait here, not in a training collective

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import shutil
 import warnings
 from types import ModuleType
 
@@ -56,6 +57,9 @@ def load_cuda_extension(verbose: bool = False) -> ModuleType:
             module = importlib.import_module("adet._coupling_cuda")
         except ImportError:
             _fix_cuda_home()
+            missing = missing_build_tools()
+            if missing:
+                raise RuntimeError(f"cannot compile it: {missing}") from None
             module = _compile("embedmask_coupling_cuda", ["coupling.cpp", "coupling_kernel.cu"], verbose)
         _modules["cuda"] = module
     return _modules["cuda"]
@@ -66,6 +70,20 @@ def load_emulator(verbose: bool = False) -> ModuleType:
     if "emulator" not in _modules:
         _modules["emulator"] = _compile("embedmask_coupling_emulator", ["coupling_emulator.cpp"], verbose)
     return _modules["emulator"]
+
+
+def missing_build_tools() -> str | None:
+    """What the kernel's build on first use lacks (ninja, nvcc), said before trying, or None. Without them torch's
+    builder fails deep inside setuptools with a long log."""
+    import torch.utils.cpp_extension as cpp_extension  # as in _compile: only when building
+
+    missing = []
+    if not cpp_extension.is_ninja_available():
+        missing.append("ninja is not installed (pip install ninja)")
+    home = cpp_extension.CUDA_HOME
+    if not (home and os.path.exists(os.path.join(home, "bin", "nvcc"))) and shutil.which("nvcc") is None:
+        missing.append("nvcc, CUDA's compiler, is not found (install the CUDA toolkit or set CUDA_HOME)")
+    return "; ".join(missing) or None
 
 
 def _fix_cuda_home() -> None:

@@ -1,7 +1,8 @@
 """AdelaiDet's tools/train_net.py pattern with its imports pointed at this package: ``Trainer(DefaultTrainer)``
 with ``build_evaluator``, ``setup``/``main``, ``default_argument_parser`` and ``launch``. It adds a hook that counts
 steps (its state rides in the checkpoints) and, when EMBEDMASK_TEST_KILL_AT is set, kills its own process with
-SIGKILL in that iteration (a crash that leaves no chance to save)."""
+SIGKILL in that iteration (a crash that leaves no chance to save). With EMBEDMASK_TEST_VALIDATION=JSON:IMAGES it
+also registers that dataset as "validation" and adds a ValidationLoss every iteration, and EarlyStopping on it."""
 
 import json
 import os
@@ -43,7 +44,11 @@ class Trainer(DefaultTrainer):
         return DatasetEvaluators([COCOEvaluator(dataset_name, cfg, True, output_folder)])
 
     def build_hooks(self):
-        return super().build_hooks() + [CountSteps(os.path.join(self.cfg.OUTPUT_DIR, "steps.jsonl"))]
+        extra = []
+        if os.environ.get("EMBEDMASK_TEST_VALIDATION"):
+            extra = [hooks.ValidationLoss("validation", period=1),
+                     hooks.EarlyStopping("validation_loss", patience=1, mode="min")]
+        return super().build_hooks() + [CountSteps(os.path.join(self.cfg.OUTPUT_DIR, "steps.jsonl"))] + extra
 
 
 def setup(args):
@@ -58,6 +63,9 @@ def setup(args):
 def main(args):
     json_file, image_root = os.environ["EMBEDMASK_TEST_DATASET"].split(":")
     register_coco_instances("shapes", {}, json_file, image_root)
+    if os.environ.get("EMBEDMASK_TEST_VALIDATION"):
+        json_file, image_root = os.environ["EMBEDMASK_TEST_VALIDATION"].split(":")
+        register_coco_instances("validation", {}, json_file, image_root)
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)

@@ -115,13 +115,15 @@ class EmbedMask(nn.Module):
         if self.training:
             if any("instances" not in x for x in batched_inputs):
                 raise ValueError("training needs 'instances' in every input dict")
-            return self.losses(images, [x["instances"].to(self.device) for x in batched_inputs])
+            return self.losses(images, [x["instances"].to(self.device, non_blocking=True) for x in batched_inputs])
         return self.postprocess(self.detect(images.tensor, image_sizes_tensor(images)), images, batched_inputs)
 
     # ---- the network -------------------------------------------------------------------------------------------------
     def preprocess(self, batched_inputs: list[dict[str, Any]]) -> ImageList:
         """The batch's raw images zero-padded at the bottom/right to a common size, a multiple of 32."""
-        return ImageList.from_tensors([x["image"].to(self.device) for x in batched_inputs], self.size_divisibility)
+        # non_blocking: from a pinned batch (a loader on a GPU run) the copy overlaps the work already queued.
+        return ImageList.from_tensors([x["image"].to(self.device, non_blocking=True) for x in batched_inputs],
+                                      self.size_divisibility)
 
     def normalize(self, images: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
         """(N, 3, H_pad, W_pad) raw pixels -> normalised, and 0 outside each image's (h, w) in ``image_sizes``
