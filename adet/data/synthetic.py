@@ -83,13 +83,14 @@ def generate_image(rng: np.random.Generator, height: int, width: int) -> tuple[n
     return image, annotations
 
 
-def write_split(folder: str, name: str, num_images: int, seed: int) -> str:
-    """Write ``folder/<name>/*.png`` and ``folder/<name>.json``; returns the json path."""
+def write_split(folder: str, name: str, num_images: int, seed: int, size: tuple[int, int] = IMAGE_SIZE) -> str:
+    """Write ``folder/<name>/*.png`` and ``folder/<name>.json``, images of ``size`` (height, width); returns the
+    json path."""
     rng = np.random.default_rng(seed)
     image_dir = os.path.join(folder, name)
     os.makedirs(image_dir, exist_ok=True)
     images, annotations = [], []
-    height, width = IMAGE_SIZE
+    height, width = size
     for image_id in range(1, num_images + 1):
         image, objects = generate_image(rng, height, width)
         file_name = f"{image_id:05d}.png"
