@@ -25,7 +25,6 @@ import cv2
 import numpy as np
 
 from adet import training_api
-from adet.cli.options import resolve_config
 from adet.config import CfgNode
 from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, read_image
@@ -34,6 +33,7 @@ from adet.engine.evaluate import single_dataset_results
 from adet.engine.hooks import Callbacks
 from adet.evaluation import instances_to_coco_json
 from adet.export import ONNXPredictor
+from adet.model_zoo import resolve_config
 from adet.structures import Instances
 from adet.utils.visualizer import class_label, draw_instance_predictions
 

@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from typing import Any
 
-from adet.cli import export as export_cli
-from adet.cli.options import register_datasets_from_args
 from adet.config import CfgNode
-from adet.data import DatasetCatalog, MetadataCatalog
+from adet.data import DatasetCatalog, MetadataCatalog, register_datasets_from_args
 from adet.data.build import check_num_classes
 from adet.engine import DefaultTrainer, default_setup
 from adet.engine.evaluate import evaluate_datasets, single_dataset_results
 from adet.engine.hooks import Callbacks
 from adet.engine.run_claim import RunClaim, archive_earlier_run
 from adet.errors import DatasetError
+from adet.export import export_model
 
 logger = logging.getLogger(__name__)
 
@@ -116,14 +114,8 @@ def val(cfg: CfgNode, model, data: Any, overrides: dict[str, Any]) -> dict:
 
 def export(cfg: CfgNode, path: str, int8: bool = False, calibration: Any = None, opset: int = 18,
            check: bool = True) -> str:
-    """``embedmask export`` of ``cfg``'s weights to ``path`` (ONNX; ``int8`` with a ``calibration`` dataset)."""
-    with tempfile.TemporaryDirectory() as folder:
-        config_file = os.path.join(folder, "config.yaml")
-        with open(config_file, "w") as f:
-            f.write(cfg.dump())
-        argv = ["--output", os.fspath(path), "--config-file", config_file, "--weights", cfg.MODEL.WEIGHTS,
-                "--opset", str(opset)] + ([] if check else ["--no-check"])
-        if int8:
-            argv += ["--int8", "--calibration", dataset_name(calibration, "calibration")]
-        export_cli.main(argv)
+    """``cfg``'s weights exported to ``path`` (ONNX, checked in ONNX Runtime unless ``check`` is False; ``int8``
+    with a ``calibration`` dataset: a registered name or an ``(annotations.json, images_folder)`` pair)."""
+    export_model(cfg, os.fspath(path), opset, check=check, int8=int8,
+                 calibration=dataset_name(calibration, "calibration") if int8 else "")
     return os.fspath(path)

@@ -4,8 +4,11 @@ dependencies, each with its reason), short functions, and no block of code writt
 from __future__ import annotations
 
 import ast
+import json
 import os
 import re
+import subprocess
+import sys
 from collections import defaultdict
 
 import pytest
@@ -39,11 +42,17 @@ def package_modules() -> dict[str, tuple[str, ast.Module]]:
 
 
 def imported_modules(module: str, path: str, tree: ast.AST, known: set[str]) -> set[str]:
-    """The package modules ``module`` imports anywhere in its file (function-level imports included)."""
+    """The package modules ``module`` imports anywhere in its file: function-level imports included, and any string
+    naming a package module (``importlib.import_module`` of a command table or a lazy attribute)."""
     is_package = path.endswith("__init__.py")
     found = set()
+    logger_names = {id(arg) for node in ast.walk(tree) if isinstance(node, ast.Call)
+                    and getattr(node.func, "attr", getattr(node.func, "id", "")) == "getLogger" for arg in node.args}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in known \
+                and "." in node.value and id(node) not in logger_names:
+            found.add(node.value)
+        elif isinstance(node, ast.Import):
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             if node.level:
@@ -88,6 +97,77 @@ def test_no_import_cycles_in_the_package():
     graph = {name: imported_modules(name, path, tree, set(modules)) for name, (path, tree) in modules.items()}
     assert sum(map(len, graph.values())) > 150  # the graph is really read
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+# The package's layers, lowest first: a package imports from its own layer or below, never above (the library never
+# imports its command line; the model never imports the engine). Same-layer imports must not form a cycle.
+LAYERS = [
+    ("errors", "version"),
+    ("config", "structures", "layers", "utils"),  # utils: comm, events, logger, plots, the visualizer
+    ("modeling", "data", "solver", "checkpoint"),
+    ("evaluation", "model_zoo"),                  # model_zoo: packaged configs, resolve_config, get()
+    ("engine",),
+    ("export",),
+    ("api", "training_api"),
+    ("cli", "__main__", ""),                      # "": the package itself (its lazy attributes reach api)
+]
+LAYER_OF = {package: level for level, packages in enumerate(LAYERS) for package in packages}
+
+
+def package_of(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def package_graph() -> dict[str, set[str]]:
+    modules = package_modules()
+    graph: dict[str, set[str]] = defaultdict(set)
+    for name, (path, tree) in modules.items():
+        graph[package_of(name)].update(package_of(m) for m in imported_modules(name, path, tree, set(modules)))
+    return {package: targets - {package} for package, targets in graph.items()}
+
+
+def test_every_package_has_a_layer():
+    assert set(package_graph()) <= set(LAYER_OF), set(package_graph()) - set(LAYER_OF)
+
+
+def test_packages_import_only_from_their_layer_or_below():
+    graph = package_graph()
+    assert graph["api"] and graph["cli"]  # the graph is really read
+    upward = sorted(f"{a} -> {b}" for a, targets in graph.items() for b in targets if LAYER_OF[b] > LAYER_OF[a])
+    assert upward == [], f"imports against the layer table: {upward}"
+
+
+def test_no_import_cycles_between_packages():
+    graph = package_graph()
+    assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
+
+
+def loaded_after(code: str) -> list[str]:
+    """The modules loaded in a fresh interpreter by ``code``."""
+    script = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=ROOT,
+                          env=dict(os.environ, PYTHONPATH=ROOT))
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_import_adet_is_cheap():
+    loaded = [m for m in loaded_after("import adet") if m == "adet" or m.startswith("adet.")]
+    assert "adet" in loaded and len(loaded) <= 5, loaded
+    assert "torch" not in loaded_after("import adet")
+
+
+def test_the_model_loads_no_cli_export_engine_or_evaluation():
+    loaded = loaded_after("import adet.modeling")
+    assert "adet.modeling.embedmask.embedmask" in loaded
+    above = [m for m in loaded if package_of(m) in ("cli", "export", "engine", "evaluation", "api", "training_api")
+             and m.startswith("adet.")]
+    assert above == [], above
+
+
+def test_embedmask_help_answers_without_torch():
+    loaded = loaded_after("from adet.cli import main\nassert main(['--help']) == 0")
+    assert "adet.cli" in loaded and "torch" not in loaded, [m for m in loaded if m.startswith(("torch", "adet"))]
 
 
 def test_imports_are_at_module_level_except_deferred_optional_ones():

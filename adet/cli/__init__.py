@@ -15,7 +15,6 @@ import difflib
 import importlib
 import sys
 
-from adet.model_zoo import list_configs as packaged_configs
 from adet.version import __version__
 
 from .errors import run_cli
@@ -31,7 +30,7 @@ COMMANDS = {
     "visualize": ("adet.cli.visualize", "main", "draw ground truth (after augmentation) or a results json"),
     "analyze": ("adet.cli.analyze", "main", "parameters and FLOPs per module"),
     "quickstart": ("adet.cli.quickstart", "main", "train, evaluate and try EmbedMask on the bundled synthetic data"),
-    "configs": ("adet.cli", "list_configs", "list the packaged configs"),
+    "configs": ("adet.cli.configs", "main", "list the packaged configs"),
 }
 
 
@@ -41,11 +40,6 @@ def usage() -> str:
     return ("usage: embedmask COMMAND [options] [KEY VALUE ...]\n\nEmbedMask: embedding coupling for one-stage "
             "instance segmentation.\n\ncommands:\n" + "\n".join(lines) +
             "\n\n`embedmask COMMAND --help` for a command's options.")
-
-
-def list_configs(argv: list[str] | None = None, prog: str | None = None) -> None:
-    for name in packaged_configs():
-        print(name)
 
 
 def main(argv: list[str] | None = None) -> int:

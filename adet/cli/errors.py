@@ -10,7 +10,6 @@ import traceback
 from typing import Callable
 
 from adet.errors import EmbedMaskError, Preempted
-from adet.utils import comm
 
 
 def _user_error_names() -> set[str]:
@@ -51,12 +50,19 @@ def one_line(error: BaseException) -> str:
     return text.strip().splitlines()[0] if text.strip() else type(error).__name__
 
 
+def _process_rank() -> int:
+    """This process's rank in a process group, 0 without one. torch.distributed is looked up, not imported: a run
+    with a group has loaded it, and the commands' --help and input errors stay free of torch."""
+    dist = sys.modules.get("torch.distributed")
+    return dist.get_rank() if dist is not None and dist.is_available() and dist.is_initialized() else 0
+
+
 def report_error(error: BaseException, prefix: str = "", show: bool = True) -> int:
     """Print ``error: {prefix}...`` (when ``show``) and return the exit status: 2 for a problem with the input, 1 for
     anything unexpected, whose traceback goes to the log file (and to stderr with EMBEDMASK_DEBUG=1). A run stopped
     on a signal (:class:`Preempted`) is not an error: rank 0 says where it stopped, and the status is 128 + signum."""
     if isinstance(error, Preempted):
-        if show and comm.get_rank() == 0:
+        if show and _process_rank() == 0:
             print(str(error), file=sys.stderr)
         return error.exit_code
     expected = is_user_error(error)

@@ -1,29 +1,18 @@
-"""What the commands share: the argument parser, the options every command declares the same way, and the one
-function that turns ``--config-file``, ``--weights`` and ``KEY VALUE`` overrides into a config.
-
-Which value wins: ``--config-file`` (else the config a checkpoint of ours carries, else :func:`adet.config.get_cfg`,
-the released model's), then the overrides in order (a key given twice takes its last value, as in detectron2), then
-``--weights`` over any ``MODEL.WEIGHTS``.
-"""
+"""What the commands share: the argument parser and the options every command declares the same way. The config
+they describe is made by :func:`adet.model_zoo.resolve_config` (the Python API's too), and ``--dataset`` registers
+through :func:`adet.data.register_datasets_from_args`."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import os
 import re
-from typing import Any, Sequence
 
-import torch
-
-from adet.checkpoint import checkpoint_config
-from adet.config import CfgNode, get_cfg
-from adet.data import DatasetCatalog, MetadataCatalog, coco_class_names, register_coco_instances
+from adet.data import register_datasets_from_args
 from adet.engine.launch import LAUNCHERS
-from adet.errors import DatasetError
-from adet.model_zoo import get_config_file
+from adet.model_zoo import last_value, resolve_config
 
-logger = logging.getLogger(__name__)
+__all__ = ["ArgumentParser", "add_config_arguments", "add_dataset_argument", "add_launch_arguments", "last_value",
+           "register_datasets_from_args", "resolve_config"]
 
 CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 OVERRIDES_HELP = ("KEY VALUE pairs (anywhere on the line) override config keys, e.g. SOLVER.IMS_PER_BATCH 2 "
@@ -73,68 +62,3 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
                              "under srun with several tasks, else spawn")
 
 
-def register_datasets_from_args(specs: list[str], quiet: bool = False) -> list[str]:
-    """Register ``NAME=ANNOTATIONS.json:IMAGES/`` datasets (class names come from the json); returns the names.
-    With ``quiet``, a name already registered with the same files is left as it is (workers of one launch)."""
-    names = []
-    for spec in specs:
-        name, sep, paths = spec.partition("=")
-        json_file, sep2, image_root = paths.rpartition(":")
-        if not (sep and sep2 and name and json_file and image_root):
-            raise DatasetError(f"--dataset {spec}: expected NAME=ANNOTATIONS.json:IMAGES_FOLDER")
-        if not os.path.isfile(json_file):
-            raise DatasetError(f"--dataset {name}: annotation file {json_file} does not exist")
-        if not os.path.isdir(image_root):
-            raise DatasetError(f"--dataset {name}: image folder {image_root} does not exist")
-        if name in DatasetCatalog:
-            metadata = MetadataCatalog.get(name)
-            if quiet and (metadata.get("json_file"), metadata.get("image_root")) == (json_file, image_root):
-                names.append(name)
-                continue
-            DatasetCatalog.remove(name)
-            MetadataCatalog.remove(name)
-        register_coco_instances(name, {"thing_classes": coco_class_names(json_file)}, json_file, image_root)
-        names.append(name)
-    return names
-
-
-def last_value(overrides: Sequence[Any], key: str) -> Any:
-    """The value of the last ``key`` in a ``[KEY, VALUE, ...]`` list (None when absent)."""
-    pairs = list(zip(overrides[0::2], overrides[1::2]))
-    return next((value for name, value in reversed(pairs) if name == key), None)
-
-
-def resolve_config(config_file: str = "", weights: str = "", overrides: Sequence[Any] = (),
-                   device: str | None = None, datasets: Sequence[str] = ()) -> CfgNode:
-    """The (unfrozen) config of a command or API call; see the module docstring for which value wins.
-
-    Args:
-        device: None keeps the config's MODEL.DEVICE; "auto" picks CUDA when available, else the CPU, unless an
-            override names MODEL.DEVICE; anything else sets it.
-        datasets: the names registered from ``--dataset``: when DATASETS.TRAIN's first is one of them,
-            MODEL.FCOS.NUM_CLASSES follows its annotation file (unless an override sets it).
-    """
-    overrides = list(overrides)
-    weights = weights or str(last_value(overrides, "MODEL.WEIGHTS") or "")
-    cfg = get_cfg()
-    if config_file:
-        cfg.merge_from_file(get_config_file(config_file))
-    elif weights:
-        embedded = checkpoint_config(weights)
-        if embedded is not None:
-            cfg.merge_from_other_cfg(embedded)
-    cfg.merge_from_list(overrides)
-    if weights:
-        cfg.MODEL.WEIGHTS = weights
-    overridden = set(overrides[0::2])
-    if device == "auto":
-        if "MODEL.DEVICE" not in overridden:
-            cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-    elif device is not None:
-        cfg.MODEL.DEVICE = device
-    if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in datasets and "MODEL.FCOS.NUM_CLASSES" not in overridden:
-        classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("thing_classes")
-        if classes and len(classes) != cfg.MODEL.FCOS.NUM_CLASSES:
-            logger.info("MODEL.FCOS.NUM_CLASSES set to %d, the classes of %s", len(classes), cfg.DATASETS.TRAIN[0])
-            cfg.MODEL.FCOS.NUM_CLASSES = len(classes)
-    return cfg

@@ -19,9 +19,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from adet.data import DatasetCatalog, DatasetMapper, MetadataCatalog, read_image
-from adet.data.coco import xywh_box
 from adet.errors import ConfigError, DatasetError
-from adet.structures import PolygonMasks, polygons_to_bitmask, segmentation_to_rle
+from adet.structures import PolygonMasks, polygons_to_bitmask, segmentation_to_rle, xywh_box
 from adet.utils.logger import setup_logger
 from adet.utils.visualizer import draw_instances
 

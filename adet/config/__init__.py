@@ -1,6 +1,6 @@
 from adet.errors import ConfigError
 
-from .config import CONFIG_ROOT, CfgNode, closest_key
+from .config import CONFIG_ROOT, CfgNode, closest_key, get_config_file, list_configs
 from .defaults import get_cfg
 
-__all__ = ["CONFIG_ROOT", "CfgNode", "ConfigError", "closest_key", "get_cfg"]
+__all__ = ["CONFIG_ROOT", "CfgNode", "ConfigError", "closest_key", "get_cfg", "get_config_file", "list_configs"]

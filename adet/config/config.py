@@ -220,3 +220,28 @@ def _merge_yaml(source: dict, into: dict, prefix: str, filename: str) -> None:
             into[key] = value
 
 
+def list_configs() -> list[str]:
+    """Packaged config names, e.g. ``EmbedMask/MS_R_50_1x.yaml``."""
+    names = []
+    for folder, _, files in os.walk(CONFIG_ROOT):
+        names += [os.path.relpath(os.path.join(folder, f), CONFIG_ROOT) for f in files if f.endswith(".yaml")]
+    return sorted(n.replace(os.sep, "/") for n in names)
+
+
+def get_config_file(name: str) -> str:
+    """The file of a config given as a path or a packaged name; ConfigError naming the closest one if neither."""
+    if os.path.isfile(name):
+        return name
+    packaged = name.replace("\\", "/")
+    for prefix in ("configs/", "./configs/"):
+        if packaged.startswith(prefix):
+            packaged = packaged[len(prefix):]
+    candidate = os.path.join(CONFIG_ROOT, packaged)
+    if os.path.isfile(candidate):
+        return candidate
+    if os.path.isdir(name) or os.path.isdir(candidate):
+        raise ConfigError(f"--config-file {name}: is a folder, not a config file")
+    known = list_configs()
+    hint = difflib.get_close_matches(packaged, known, n=1, cutoff=0.5)
+    suggestion = f" (did you mean '{hint[0]}'?)" if hint else f"; packaged configs: {', '.join(known)}"
+    raise ConfigError(f"--config-file {name}: no such file, and not a packaged config{suggestion}")

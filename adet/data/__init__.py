@@ -6,6 +6,7 @@ from .catalog import DatasetCatalog, Metadata, MetadataCatalog
 from .coco import BoxMode, coco_class_names, load_coco_json, register_coco_instances
 from .image_io import read_image
 from .mapper import DatasetMapper
+from .register import register_datasets_from_args
 
 __all__ = [
     "BoxMode",
@@ -23,4 +24,5 @@ __all__ = [
     "load_coco_json",
     "read_image",
     "register_coco_instances",
+    "register_datasets_from_args",
 ]

@@ -14,14 +14,6 @@ from .validation import load_coco
 logger = logging.getLogger(__name__)
 
 
-def xywh_box(obj: dict) -> list[float]:
-    """An annotation's ``bbox`` as [x, y, width, height], whatever its ``bbox_mode``."""
-    x, y, a, b = obj["bbox"]
-    if obj.get("bbox_mode", BoxMode.XYWH_ABS) == BoxMode.XYXY_ABS:
-        return [x, y, a - x, b - y]
-    return [x, y, a, b]
-
-
 def read_coco_json(json_file: str, require_annotations: bool = False) -> dict:
     """A COCO instances file, validated and cleaned (:mod:`adet.data.validation`); read-only."""
     return load_coco(json_file, require_annotations)[0]

@@ -22,10 +22,9 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from adet.data.catalog import DatasetCatalog, MetadataCatalog
-from adet.data.coco import xywh_box
 from adet.data.validation import load_coco, validate_coco
 from adet.errors import ConfigError
-from adet.structures import Instances
+from adet.structures import Instances, xywh_box
 from adet.structures.rle import encode_masks
 from adet.utils.comm import all_gather, is_main_process
 

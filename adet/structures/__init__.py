@@ -1,7 +1,7 @@
-from .boxes import Boxes, BoxMode, pairwise_iou
+from .boxes import Boxes, BoxMode, pairwise_iou, xywh_box
 from .image_list import ImageList, padded_size
 from .instances import Instances
 from .masks import BitMasks, PolygonMasks, polygons_to_bitmask, segmentation_to_rle
 
 __all__ = ["Boxes", "BoxMode", "pairwise_iou", "ImageList", "padded_size", "Instances", "BitMasks", "PolygonMasks",
-           "polygons_to_bitmask", "segmentation_to_rle"]
+           "polygons_to_bitmask", "segmentation_to_rle", "xywh_box"]

@@ -95,3 +95,11 @@ def pairwise_iou(boxes1: Boxes, boxes2: Boxes) -> torch.Tensor:
     inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
     union = boxes1.area()[:, None] + boxes2.area()[None, :] - inter
     return torch.where(inter > 0, inter / union, torch.zeros_like(inter))
+
+
+def xywh_box(obj: dict) -> list[float]:
+    """An annotation's ``bbox`` as [x, y, width, height], whatever its ``bbox_mode``."""
+    x, y, a, b = obj["bbox"]
+    if obj.get("bbox_mode", BoxMode.XYWH_ABS) == BoxMode.XYXY_ABS:
+        return [x, y, a - x, b - y]
+    return [x, y, a, b]

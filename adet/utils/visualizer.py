@@ -9,8 +9,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from adet.data.coco import xywh_box
-from adet.structures import Instances, segmentation_to_rle
+from adet.structures import Instances, segmentation_to_rle, xywh_box
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
