@@ -18,7 +18,6 @@ from adet.data.build import check_num_classes
 from adet.engine import DefaultTrainer, default_setup
 from adet.engine.evaluate import evaluate_datasets, single_dataset_results
 from adet.engine.hooks import Callbacks
-from adet.engine.run_claim import RunClaim, archive_earlier_run
 from adet.errors import DatasetError
 from adet.export import export_model
 
@@ -88,13 +87,10 @@ def train(cfg: CfgNode, data: Any, callbacks: dict[str, list], resume: bool, ove
     check_num_classes(cfg)
     cfg.freeze()
     default_setup(cfg)
-    with RunClaim(cfg.OUTPUT_DIR):
-        if not resume:
-            archive_earlier_run(cfg.OUTPUT_DIR)
-        trainer = DefaultTrainer(cfg)
-        trainer.register_hooks([Callbacks(callbacks)])
-        trainer.resume_or_load(resume=resume)
-        trainer.train()
+    trainer = DefaultTrainer(cfg)  # claims OUTPUT_DIR; a fresh run moves an earlier one's metrics aside
+    trainer.register_hooks([Callbacks(callbacks)])
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
     trained = cfg.clone()
     trained.defrost()
     trained.MODEL.WEIGHTS = os.path.join(cfg.OUTPUT_DIR, "model_final.pth")

@@ -17,7 +17,7 @@ from adet.data.build import check_num_classes, required_datasets
 from adet.engine.defaults import default_setup
 from adet.engine.evaluate import evaluate_datasets
 from adet.engine.launch import check_devices, dist_timeout, launch, leader_rank, restart_count, world_size_of
-from adet.engine.run_claim import RunClaim, archive_earlier_run
+from adet.engine.run_claim import RunClaim
 from adet.engine.trainer import DefaultTrainer
 from adet.modeling import prepare_for_inference
 from adet.utils.logger import setup_logger
@@ -104,16 +104,6 @@ def preflight(cfg, args: argparse.Namespace) -> None:
         check.check_weights(cfg.MODEL.WEIGHTS, required=False)
 
 
-def archive_if_fresh(cfg, args: argparse.Namespace) -> None:
-    """After the claim: a fresh run moves an earlier run's metrics aside."""
-    if not args.resume:
-        moved = archive_earlier_run(cfg.OUTPUT_DIR)
-        if moved:
-            logger.warning("%s holds an earlier training run; this one starts afresh (pass --resume to continue "
-                           "that one instead): its %s moved aside, checkpoints of the same names are replaced",
-                           cfg.OUTPUT_DIR, " and ".join(moved))
-
-
 def main(argv: list[str] | None = None, prog: str | None = None, eval_only: bool = False,
          trainer_class: type | None = None):
     """Parse, resolve and check the config once, then run :func:`worker` in every process. Returns the
@@ -138,8 +128,7 @@ def main(argv: list[str] | None = None, prog: str | None = None, eval_only: bool
                "launcher": args.launcher}
     if args.eval_only or not leader:
         return launch(*run, **options)
-    with RunClaim(cfg.OUTPUT_DIR):
-        archive_if_fresh(cfg, args)
+    with RunClaim(cfg.OUTPUT_DIR) as claim, claim.covering_workers():  # refused here, before any worker starts
         return launch(*run, **options)
 
 

@@ -12,12 +12,15 @@ import torch
 from adet.utils import comm
 from adet.utils.logger import setup_logger
 
+from .run_claim import refuse_if_busy
+
 
 def default_setup(cfg, args: argparse.Namespace | None = None) -> None:
     """Create OUTPUT_DIR, set up logging (log.txt), save the config there (config.yaml), and apply CUDNN_BENCHMARK
     and FLOAT32_PRECISION. The RNG is the trainer's to seed (``adet.engine.trainer.seed_rng``)."""
     rank = comm.get_rank()
     if rank == 0 and cfg.OUTPUT_DIR:
+        refuse_if_busy(cfg.OUTPUT_DIR)  # before writing over a live run's config.yaml and log.txt
         os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     logger = setup_logger(cfg.OUTPUT_DIR, rank)
     logger.info("Rank %d of %d; command line: %s", rank, comm.get_world_size(), " ".join(sys.argv))

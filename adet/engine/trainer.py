@@ -22,6 +22,7 @@ import os
 import signal
 import time
 import warnings
+import weakref
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -36,14 +37,17 @@ from adet.evaluation import COCOEvaluator
 from adet.modeling import build_model
 from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, scale_for_world_size
 from adet.utils import comm, events
+from adet.utils.logger import setup_logger
 from adet.utils.plots import plot_training_curves
 
 from . import preemption
 from .best_model import read_best, save_if_best
 from .evaluate import evaluate_datasets, inference_folder, single_dataset_results
 from .hooks import HookBase
+from .launch import restart_count
 from .metrics import MetricsWriter
 from .reproducibility import configure_determinism, seed_rng, shared_seed
+from .run_claim import RunClaim, archive_earlier_run, claimed_by_this_run
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +104,14 @@ class DefaultTrainer:
 
     def __init__(self, cfg: CfgNode):
         cfg = scale_for_world_size(cfg, comm.get_world_size())
+        # The run's folder is claimed before anything touches it (a second run there is refused in one line), by
+        # the main process, unless the command that started this process claimed it; released when training ends.
+        self._claim = None
+        if comm.is_main_process() and cfg.OUTPUT_DIR and not claimed_by_this_run(cfg.OUTPUT_DIR):
+            self._claim = RunClaim(cfg.OUTPUT_DIR).acquire()
+            weakref.finalize(self, self._claim.release)  # a trainer dropped without training
+        if not logging.getLogger("adet").handlers and not logging.getLogger().handlers:
+            setup_logger(cfg.OUTPUT_DIR, comm.get_rank())  # detectron2 scripts call setup_logger(); others need not
         configure_determinism(cfg)
         self.cfg = cfg
         self.seed = shared_seed(cfg.SEED)
@@ -206,8 +218,20 @@ class DefaultTrainer:
     # ---- loading ---------------------------------------------------------------------------------------------------
     def resume_or_load(self, resume: bool = True) -> None:
         """With ``resume`` and a checkpoint in OUTPUT_DIR, continue from it (model, optimizer, schedule, iteration,
-        data order, hooks); otherwise initialise from MODEL.WEIGHTS (leniently: other classes are fine-tuning)."""
+        data order, hooks); otherwise initialise from MODEL.WEIGHTS (leniently: other classes are fine-tuning). A job
+        restarted by torchrun or SLURM always resumes; a fresh run moves an earlier run's metrics.json and
+        last_checkpoint aside (it neither appends to them nor can be resumed into the old run)."""
+        if restart_count() and not resume:
+            logger.info("Restart %d of this job: resuming from the last checkpoint in %s", restart_count(),
+                        self.cfg.OUTPUT_DIR)
+            resume = True
         remove_stale_temporaries(self.cfg.OUTPUT_DIR)
+        if not resume and comm.is_main_process() and self.cfg.OUTPUT_DIR:
+            moved = archive_earlier_run(self.cfg.OUTPUT_DIR)
+            if moved:
+                logger.warning("%s holds an earlier training run; this one starts afresh (resume to continue that "
+                               "one instead): its %s moved aside, checkpoints of the same names are replaced",
+                               self.cfg.OUTPUT_DIR, " and ".join(moved))
         resume_from = resume_checkpoint(self.cfg.OUTPUT_DIR) if resume else None  # an error if it is unusable
         if resume_from is not None:
             extra = self.checkpointer.load(resume_from)
@@ -226,8 +250,12 @@ class DefaultTrainer:
         """Train to SOLVER.MAX_ITER; returns the last evaluation (:meth:`test`'s layout)."""
         if not self._loaded:
             self.resume_or_load(resume=False)
-        with preemption.stop_signals_handled(), events.storage_in_use(self.storage):
-            self.train_loop(log_period)
+        try:
+            with preemption.stop_signals_handled(), events.storage_in_use(self.storage):
+                self.train_loop(log_period)
+        finally:
+            if self._claim is not None:
+                self._claim.release()
         return single_dataset_results(self.last_results)
 
     def _prepare(self) -> None:
