@@ -52,7 +52,7 @@ def test_default_trainer_twice_in_one_folder_starts_the_second_run_afresh(shapes
     assert iterations(out / "metrics.json") == [0, 1]  # not appended to the first run's
     earlier = [name for name in os.listdir(out) if name.startswith("metrics.json.")]
     assert len(earlier) == 1 and iterations(out / earlier[0]) == [0, 1, 2]
-    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"  # the resumable one; model_final has no optimizer
+    assert (out / "last_checkpoint").read_text() == "model_0000001.pth"  # resumable; model_final is weights only
 
 
 def test_a_busy_folder_is_refused_at_once_and_a_killed_holders_claim_is_taken_over(shapes, tmp_path, caplog):  # noqa: F811
