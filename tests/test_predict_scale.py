@@ -1,5 +1,6 @@
 """``embedmask predict`` at dataset scale: batches of one padded size, shards over processes, results streamed per
-image, and a killed run finished by a rerun with the same detections as an uninterrupted one."""
+image, a killed run finished by a rerun with ``--resume`` with the same detections as an uninterrupted one, and a
+results folder that knows its weights by content (retrain into the same file, predict again: fresh results)."""
 
 import json
 import os
@@ -167,7 +168,7 @@ def test_a_killed_sharded_run_is_finished_by_a_rerun_with_nothing_lost_or_twice(
     assert 6 <= done_before < 24 and not out.exists()
     with open(os.path.join(folder, "predictions.rank1.jsonl"), "a") as f:
         f.write('{"file": "half a line a kill cut')  # as a kill during a write leaves it
-    rerun = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)  # now one process
+    rerun = subprocess.run(command + ["--resume"], env=env, capture_output=True, text=True, timeout=300)  # 1 process
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"{done_before} of 24 images were predicted by an earlier run" in rerun.stdout + rerun.stderr
     assert_same_records(json.loads(out.read_text()), reference)  # the rerun has one thread, the reference two
@@ -189,5 +190,56 @@ def test_a_partial_last_line_is_cut_and_other_settings_are_refused(setup, tmp_pa
 
     predict(setup, tmp_path / "x.json")
     code = embedmask(["predict", "--weights", setup["weights"], "--input", setup["images"], "--json",
-                      str(tmp_path / "x.json"), "--confidence-threshold", "0.5"])
-    assert code == 2
+                      str(tmp_path / "x.json"), "--confidence-threshold", "0.5", "--resume"])
+    assert code == 2  # a resume with another threshold would mix results
+
+
+def test_retrain_into_the_same_weights_file_and_predict_again_into_the_same_output(setup, tmp_path, capsys):
+    """Without --resume a run predicts every image afresh into its --output, replacing our own files there and
+    nothing else; with --resume it continues only the same weights, known by content, not by path."""
+    weights = tmp_path / "model_final.pth"
+    weights.write_bytes(open(setup["weights"], "rb").read())
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted(os.listdir(setup["images"]))[:3]:
+        os.link(os.path.join(setup["images"], name), images / name)
+    out = tmp_path / "drawn"
+    out.mkdir()
+    (out / "notes.txt").write_text("the user's")
+    command = ["predict", "--weights", str(weights), "--input", str(images), "--output", str(out), "--json",
+               str(tmp_path / "r.json"), "--confidence-threshold", "0.3", "--workers", "0"]
+    assert embedmask(command) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    drawn_first = cv2.imread(str(out / "000000000000.jpg"))
+
+    checkpoint = torch.load(weights, weights_only=False)  # "retrained": other weights at the same path
+    checkpoint["model"]["proposal_generator.fcos_head.cls_logits.bias"] += 3.0
+    torch.save(checkpoint, weights)
+    capsys.readouterr()
+    assert embedmask(command + ["--resume"]) == 2
+    refusal = capsys.readouterr().err.strip().splitlines()
+    assert len(refusal) == 1 and "holds predictions made with other settings (weights_sha256)" in refusal[0]
+
+    assert embedmask(command) == 0
+    assert "3 image(s) processed" in capsys.readouterr().out  # none skipped as "done"
+    second = json.loads((tmp_path / "r.json").read_text())
+    import adet
+
+    def scores(records, image):
+        return sorted(r["score"] for r in records if r["file_name"].endswith(image))
+
+    retrained = adet.load(str(weights), device="cpu", confidence=0.3)
+    expected = sorted(r["score"] for r in retrained(str(images / "000000000000.jpg")).to_json())
+    assert len(expected) > 0 and scores(first, "000000000000.jpg") != pytest.approx(expected, abs=1e-4)
+    assert scores(second, "000000000000.jpg") == pytest.approx(expected, abs=1e-4)  # the new weights' results
+    assert not np.array_equal(cv2.imread(str(out / "000000000000.jpg")), drawn_first)  # drawn again
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert sorted(os.listdir(out)) == ["000000000000.jpg", "000000000001.jpg", "000000000002.jpg", "notes.txt",
+                                       "predictions.rank0.jsonl", "predictions.run.json"]
+
+    weights.rename(tmp_path / "moved.pth")  # the same weights elsewhere: a resume continues them
+    command[command.index("--weights") + 1] = str(tmp_path / "moved.pth")
+    assert embedmask(command + ["--resume"]) == 0
+    resumed = capsys.readouterr()
+    assert "3 of 3 images were predicted by an earlier run" in resumed.out + resumed.err
+    assert "0 image(s) processed" in resumed.out

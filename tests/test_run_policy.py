@@ -94,3 +94,22 @@ def test_the_trainer_sets_up_the_adet_logger_when_the_caller_did_not(shapes, tmp
     assert done.returncode == 0, done.stderr[-2000:]
     log = (out / "log.txt").read_text()
     assert "Training 1 iterations from 0" in log and "Training 1 iterations from 0" in done.stdout
+
+
+def test_quickstart_retrains_into_an_existing_folder_without_deleting_it(tmp_path):
+    """``embedmask quickstart --retrain --output-dir .`` once removed the current folder; now the user's files stay,
+    an earlier run's metrics are moved aside, and the held-out images are drawn afresh by the retrained model."""
+    (tmp_path / "notes.txt").write_text("the user's")
+    command = [sys.executable, "-m", "adet", "quickstart", "--retrain", "--output-dir", ".", "SOLVER.MAX_ITER", "2",
+               "TEST.EVAL_PERIOD", "0"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT, DETECTRON2_DATASETS=str(tmp_path / "datasets"))
+    runs = [subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+            for _ in range(2)]
+    for run in runs:
+        assert run.returncode == 0, run.stderr[-2000:]
+        assert "6 image(s) processed" in run.stdout and "segm " in run.stdout  # drawn again, and the AP table
+    assert (tmp_path / "notes.txt").read_text() == "the user's"
+    assert iterations(tmp_path / "metrics.json") == [0, 1]
+    assert len([name for name in os.listdir(tmp_path) if name.startswith("metrics.json.")]) == 1
+    assert (tmp_path / "models" / "EmbedMask_synthetic.pth").is_file()
+    assert len(os.listdir(tmp_path / "demo" / "outputs")) == 6 + 2  # the drawings and the results folder's files

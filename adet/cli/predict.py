@@ -19,7 +19,7 @@ import cv2
 from tqdm import tqdm
 
 from adet.api import Predictor, load_config
-from adet.engine.launch import check_devices, launch
+from adet.engine.launch import check_devices, launch, restart_count
 from adet.errors import InputError, PreflightError
 from adet.export import ONNXPredictor
 from adet.utils import comm
@@ -28,7 +28,7 @@ from adet.utils.logger import setup_logger
 from . import preflight as check
 from .errors import report_error
 from .options import CONFIG_KEY, ArgumentParser, add_config_arguments, add_launch_arguments
-from .predict_images import predict_images, run_settings
+from .predict_images import predict_images
 from .preflight import check_config_values, check_device, check_output_file, check_output_folder, check_weights
 from .results import IMAGE_EXTENSIONS, JsonResults
 
@@ -66,10 +66,14 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                                                                      "overlap, a fraction of a tile (default 0.2)")
     parser.add_argument("--no-full-image", action="store_true",
                         help="with --slice: no extra pass over the whole image (for objects larger than a tile)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run into the same --output/--json: the images already done "
+                             "are skipped (refused unless the weights, by content, config and threshold are the "
+                             "same); without it a run predicts every image afresh")
     add_launch_arguments(parser)
     parser.epilog += ("\n\nResults stream to predictions.rank<R>.jsonl in --output (or <--json>.parts), one line per "
-                      "image; rerunning the same command skips the images already done, and --json is assembled "
-                      "from them at the end.")
+                      "image, and --json is assembled from them at the end; --resume (or a restarted torchrun or "
+                      "SLURM job) skips the images already done.")
     return parser
 
 
@@ -195,7 +199,7 @@ def image_worker(model_source, args: argparse.Namespace, paths: list[str]) -> di
     """One process's share of the images (``model_source``: the config, or the ONNX file)."""
     setup_logger(rank=comm.get_rank())
     predictor = (onnx_predictor(args, []) if isinstance(model_source, str) else Predictor(model_source))
-    return predict_images(predictor, args, paths, run_settings(model_source, args))
+    return predict_images(predictor, args, paths, model_source)
 
 
 def check_arguments(args: argparse.Namespace) -> list[str]:
@@ -224,6 +228,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
     overrides = split_overrides(args)
     setup_logger()
     paths = check_arguments(args)
+    if restart_count() and not args.resume:
+        args.resume = True  # a restarted job continues its run, as training does
+        logger.info("Restart %d of this job: skipping the images the earlier attempt finished", restart_count())
     check.check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
     if args.batch_size < 0 or args.workers < 0:
         raise PreflightError("--batch-size and --workers must not be negative")

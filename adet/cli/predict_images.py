@@ -1,7 +1,8 @@
 """``embedmask predict --input ...``: many images, batched and prefetched, in one or several processes
 (``--num-gpus``, torchrun, SLURM: each a disjoint share of the images), with results streamed to per-process shards
 in the results folder (``--output``, or ``<--json>.parts`` without it) and the ``--json`` assembled at the end. A
-rerun of the same command skips the images already done (``adet/engine/prediction_shards.py``)."""
+rerun with ``--resume`` (or a restarted torchrun/SLURM job) skips the images already done; without it, the run
+starts afresh (``adet/engine/prediction_shards.py``)."""
 
 from __future__ import annotations
 
@@ -34,25 +35,30 @@ def results_folder(args: argparse.Namespace, num_inputs: int) -> str:
 
 
 def run_settings(cfg_or_onnx, args: argparse.Namespace) -> dict:
-    """What the results depend on (not the device, batch size or number of processes)."""
+    """What the results depend on: the model by content (weights and config; not their paths), the threshold and
+    the ground truth (not the device, batch size or number of processes)."""
     if isinstance(cfg_or_onnx, str):
-        model = {"onnx": os.path.abspath(cfg_or_onnx)}
+        model = {"onnx_sha256": shards.file_sha256(cfg_or_onnx)}
     else:
         cfg = cfg_or_onnx.clone()
         cfg.defrost()
-        cfg.MODEL.DEVICE = ""
-        model = {"weights": cfg.MODEL.WEIGHTS, "config_sha256": hashlib.sha256(cfg.dump().encode()).hexdigest()}
+        weights, cfg.MODEL.WEIGHTS, cfg.MODEL.DEVICE = cfg.MODEL.WEIGHTS, "", ""
+        model = {"weights_sha256": shards.file_sha256(weights),
+                 "config_sha256": hashlib.sha256(cfg.dump().encode()).hexdigest()}
     return {**model, "confidence_threshold": args.confidence_threshold,
             "ground_truth": os.path.abspath(args.ground_truth) if args.ground_truth else ""}
 
 
-def remaining_images(folder: str, paths: list[str], settings: dict) -> list[str]:
-    """The images no earlier run finished (every process reads the shards before any writes again)."""
+def remaining_images(folder: str, paths: list[str], model_source, args: argparse.Namespace) -> list[str]:
+    """The images still to predict: all of them in a fresh run; with --resume, those no earlier run of the same
+    settings finished (every process reads the shards before any writes again)."""
     if not folder:
         return paths
     if comm.is_main_process():
-        shards.check_same_run(folder, settings)
+        shards.prepare_folder(folder, run_settings(model_source, args), resume=args.resume)
     comm.synchronize()
+    if not args.resume:
+        return paths
     done = shards.done_images(folder)
     remaining = [p for p in paths if p not in done]
     if len(remaining) < len(paths) and comm.is_main_process():
@@ -62,10 +68,11 @@ def remaining_images(folder: str, paths: list[str], settings: dict) -> list[str]
     return remaining
 
 
-def predict_images(predictor: Predictor, args: argparse.Namespace, paths: list[str], settings: dict) -> dict:
-    """This process's share of ``paths``; on the main process, once all are done, the --json. Returns counts."""
+def predict_images(predictor: Predictor, args: argparse.Namespace, paths: list[str], model_source) -> dict:
+    """This process's share of ``paths``; on the main process, once all are done, the --json. Returns counts.
+    ``model_source``: the config, or the ONNX file (what the results folder records)."""
     folder = results_folder(args, len(paths))
-    mine = remaining_images(folder, paths, settings)[comm.get_rank()::comm.get_world_size()]
+    mine = remaining_images(folder, paths, model_source, args)[comm.get_rank()::comm.get_world_size()]
     writer = None
     if folder:
         shards.repair_shards(folder, comm.get_rank(), comm.get_world_size())

@@ -8,7 +8,6 @@ protocol and draws its predictions on held-out images. Everything is written und
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import time
@@ -26,6 +25,7 @@ from adet.modeling import build_model, prepare_for_inference
 from adet.utils.logger import setup_logger
 
 from . import predict
+from .options import ArgumentParser
 
 CONFIG = "EmbedMask/Synthetic.yaml"
 CACHED_MODEL = os.path.join("models", "EmbedMask_synthetic.pth")
@@ -53,14 +53,18 @@ def write_held_out_images(folder: str, count: int = 6, seed: int = 12345) -> lis
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="train even if a cached model exists")
-    parser.add_argument("--output-dir", default=os.path.join("output", "embedmask_synthetic"))
+    parser.add_argument("--output-dir", default="", metavar="DIR",
+                        help="OUTPUT_DIR of the training run (default output/embedmask_synthetic); files of an "
+                             "earlier run there are moved aside or replaced, nothing else is touched")
+    parser.add_argument("opts", nargs="*", default=[], metavar="KEY VALUE",
+                        help="overrides of EmbedMask/Synthetic.yaml, e.g. SOLVER.MAX_ITER 300")
     args = parser.parse_args(argv)
     start = time.perf_counter()
 
     cfg = get_config(CONFIG)
-    cfg.OUTPUT_DIR = args.output_dir
+    cfg.merge_from_list(args.opts + (["OUTPUT_DIR", args.output_dir] if args.output_dir else []))
     if not args.retrain and cached_model_matches(cfg, CACHED_MODEL):
         setup_logger(cfg.OUTPUT_DIR)
         print(f"Reusing {CACHED_MODEL} (pass --retrain to train again)")
@@ -69,8 +73,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
         results = evaluate_datasets(cfg, prepare_for_inference(model))
     else:
         print(f"Training {CONFIG} on the synthetic shapes ({cfg.SOLVER.MAX_ITER} iterations)")
-        # A fresh run: an old run's checkpoints in the folder would otherwise be taken for a resume point.
-        shutil.rmtree(cfg.OUTPUT_DIR, ignore_errors=True)
+        # A fresh run in a folder of an earlier one: the trainer moves that run's metrics and last_checkpoint aside
+        # and replaces its checkpoints; the folder may be the user's (``--output-dir .``) and is never emptied.
         setup_logger(cfg.OUTPUT_DIR)
         results = train(cfg)
         os.makedirs(os.path.dirname(CACHED_MODEL), exist_ok=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import ctypes
 import logging
 import multiprocessing.util  # its exit hook is registered before ours, which must run first
 import os
@@ -29,16 +30,28 @@ def trivial_batch_collator(batch: list) -> list:
     return batch
 
 
+# The name our loader workers give themselves (/proc/<pid>/comm, what ps and top show): how the exit hook below
+# tells them from the children of the program that imported us.
+WORKER_NAME = b"adet-loader"
+
+
 def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     """Data-loader workers ignore the stop signals (SIGTERM, SIGUSR1, SIGUSR2: a cluster's preemption, sent to every
     process of the job): the training process stops at an iteration boundary and shuts them down. torch's worker
     handler would end them at once, and the batch the stop checkpoint waits for with them."""
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
-
-
-def _ignores_sigterm(pid: int) -> bool:
     try:
+        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(WORKER_NAME), 0, 0, 0)  # PR_SET_NAME (Linux)
+    except (OSError, AttributeError):
+        pass  # no prctl: the exit hook, which reads /proc, does not run there either
+
+
+def _is_our_worker_ignoring_sigterm(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            if f.read().strip() != WORKER_NAME:
+                return False
         with open(f"/proc/{pid}/status") as f:
             ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
     except (OSError, StopIteration, ValueError):
@@ -48,10 +61,11 @@ def _ignores_sigterm(pid: int) -> bool:
 
 @atexit.register
 def _end_workers_left_running() -> None:
-    """At exit, multiprocessing ends daemonic children with SIGTERM and joins them: a loader whose iterator is still
-    referenced (by a traceback, say) would keep this process from ever exiting, its workers ignoring SIGTERM."""
+    """At exit, multiprocessing ends daemonic children with SIGTERM and joins them: a loader of ours whose iterator
+    is still referenced (by a traceback, say) would keep this process from ever exiting, its workers ignoring SIGTERM.
+    Only our own workers are ended (by their name): other code's children are its own business."""
     left = [child for child in multiprocessing.active_children()
-            if child.daemon and child.pid is not None and _ignores_sigterm(child.pid)]
+            if child.daemon and child.pid is not None and _is_our_worker_ignoring_sigterm(child.pid)]
     if left:
         # torch's SIGCHLD handler would report each as a worker killed by a signal
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)

@@ -1,16 +1,18 @@
-"""Prediction results written as they come and picked up after a kill.
+"""Prediction results written as they come, and picked up after a kill with ``--resume``.
 
 Each process appends one JSON line per image to ``predictions.rank<R>.jsonl`` in a results folder and flushes it:
-``{"file": <input path>, "count": N, "detections": [COCO results]}``. A rerun reads every shard first (whatever
-the number of processes before), skips the images already there, and the owner of a shard cuts off a line a kill
-left half written (that image is predicted again). ``predictions.run.json`` records what produced the results (weights,
-config, threshold): a rerun with other settings is refused instead of mixing results. The final COCO json is
-assembled from the shards in input order, streaming, so memory does not grow with the number of images.
+``{"file": <input path>, "count": N, "detections": [COCO results]}``. ``predictions.run.json`` records what produced
+the results: the weights by content (sha256), the config, the threshold and the ground truth. A fresh run replaces
+these files (and nothing else in the folder); a resumed run reads every shard first (whatever the number of
+processes before), skips the images already there, and the owner of a shard cuts off a line a kill left half written
+(that image is predicted again). A resume with other settings is refused instead of mixing results. The final COCO
+json is assembled from the shards in input order, streaming, so memory does not grow with the number of images.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -52,19 +54,43 @@ def done_images(folder: str) -> dict[str, tuple[str, int]]:
     return done
 
 
-def check_same_run(folder: str, settings: dict) -> None:
-    """Record ``settings`` in a new results folder; refuse one whose results came from other settings."""
+def file_sha256(path: str) -> str:
+    """The content digest by which a results folder knows its weights (a retrained ``model_final.pth`` at the same
+    path is other weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def own_files(folder: str) -> list[str]:
+    """The files a prediction run writes into its results folder besides the drawings: its shards and run record."""
+    run_file = os.path.join(folder, RUN_FILE)
+    return sorted(glob.glob(os.path.join(folder, SHARD_PATTERN))) + ([run_file] if os.path.isfile(run_file) else [])
+
+
+def prepare_folder(folder: str, settings: dict, resume: bool) -> None:
+    """Make ``folder`` hold the results of the run ``settings`` describe. Fresh (``resume`` False): our own files of
+    an earlier run are replaced; nothing else there is touched. Resumed: the earlier run's results are kept when it
+    had the same settings, and anything else is refused (:class:`InputError`)."""
     path = os.path.join(folder, RUN_FILE)
-    if os.path.isfile(path):
+    if resume and os.path.isfile(path):
         with open(path) as f:
-            earlier = json.load(f)
+            try:
+                earlier = json.load(f)
+            except ValueError:
+                earlier = {}
         if earlier != settings:
             changed = ", ".join(k for k in sorted(set(earlier) | set(settings)) if earlier.get(k) != settings.get(k))
-            raise InputError(f"{folder} holds predictions made with other settings ({changed}); use another "
-                             f"--output, or delete {path} and {SHARD_PATTERN} there to start afresh")
+            raise InputError(f"--resume: {folder} holds predictions made with other settings ({changed}); rerun "
+                             "without --resume to predict afresh into it, or use another --output")
         return
-    if glob.glob(os.path.join(folder, SHARD_PATTERN)):
-        raise InputError(f"{folder} holds prediction shards without {RUN_FILE}; delete them or use another --output")
+    if resume and glob.glob(os.path.join(folder, SHARD_PATTERN)):
+        raise InputError(f"--resume: {folder} holds prediction shards without {RUN_FILE}, so what made them is "
+                         "unknown; rerun without --resume to predict afresh into it")
+    for earlier_file in own_files(folder):
+        os.remove(earlier_file)
     os.makedirs(folder, exist_ok=True)
     atomic_write_text(json.dumps(settings, indent=1), path)
 
