@@ -1,7 +1,7 @@
 """EmbedMask: Embedding Coupling for One-stage Instance Segmentation, in an AdelaiDet/detectron2-style package.
 
-``import adet`` is cheap: ``adet.load``, ``adet.Predictor`` and ``adet.Prediction`` load the model facade
-(:mod:`adet.api`, hence torch) on first use (PEP 562)."""
+``import adet`` is cheap: ``adet.load``, ``adet.Model`` (once ``adet.Predictor``) and ``adet.Prediction`` load the
+model facade (:mod:`adet.api`, hence torch) on first use (PEP 562)."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import Any
 
 from .version import __version__
 
-_LAZY = {"load": "adet.api", "Predictor": "adet.api", "Prediction": "adet.api"}
+_LAZY = {"load": "adet.api", "Model": "adet.api", "Predictor": "adet.api", "Prediction": "adet.api"}
 
-__all__ = ["Prediction", "Predictor", "__version__", "load"]
+__all__ = ["Model", "Prediction", "Predictor", "__version__", "load"]
 
 
 def __getattr__(name: str) -> Any:

@@ -25,12 +25,12 @@ import cv2
 import numpy as np
 
 from adet import training_api
-from adet.config import CfgNode
+from adet.config import CfgNode, set_score_threshold
 from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, read_image
 from adet.engine import DefaultPredictor
 from adet.engine.evaluate import single_dataset_results
-from adet.engine.hooks import Callbacks
+from adet.engine.training.hooks import Callbacks
 from adet.evaluation import instances_to_coco_json
 from adet.export import ONNXPredictor
 from adet.model_zoo import resolve_config
@@ -115,8 +115,9 @@ class Prediction:
         return path
 
 
-class Predictor:
-    """A model ready to predict: ``predictor(image)`` -> :class:`Prediction`, ``predictor([a, b])`` -> a list.
+class Model:
+    """The model facade ``adet.load`` returns: it predicts (``model(image)`` -> :class:`Prediction`, ``model([a, b])``
+    -> a list), trains (:meth:`train`), evaluates (:meth:`val`) and exports (:meth:`export`), as Ultralytics' YOLO.
 
     ``image``: a file path, a PIL image, or an (H, W, 3) uint8 array whose channel order ``format`` states ("BGR", as
     cv2 reads, by default; "RGB" as PIL and matplotlib use). Built from a config (run by PyTorch) or from a
@@ -147,7 +148,7 @@ class Predictor:
 
     def add_callback(self, event: str, function) -> None:
         """Run ``function(trainer)`` at ``event`` of the next :meth:`train` (Ultralytics' event names, see
-        :data:`adet.engine.hooks.CALLBACK_EVENTS`)."""
+        :data:`adet.engine.training.hooks.CALLBACK_EVENTS`)."""
         Callbacks().add(event, function)  # an unknown event is an error now, not at train()
         self.callbacks.setdefault(event, []).append(function)
 
@@ -181,20 +182,22 @@ class Predictor:
 
 
 def load(weights: str, config: str | None = None, device: str | None = None, confidence: float | None = None,
-         overrides: Sequence[Any] = ()) -> Predictor:
-    """A :class:`Predictor` for a checkpoint (its own config, or ``config``: a file or packaged name), or for an
+         overrides: Sequence[Any] = ()) -> Model:
+    """A :class:`Model` for a checkpoint (its own config, or ``config``: a file or packaged name), or for an
     exported ``.onnx`` file (run by ONNX Runtime; ``config`` and ``overrides`` do not apply to it).
     ``confidence``: keep detections whose score is at least this (default: the config's 0.05 on class x centerness,
     i.e. scores from 0.22)."""
     if str(weights).endswith(".onnx"):
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        return Predictor(ONNXPredictor(str(weights), providers), min_score=confidence or 0.0)
+        return Model(ONNXPredictor(str(weights), providers), min_score=confidence or 0.0)
     if str(weights).endswith((".yaml", ".yml")) and config is None:  # a config alone: its (untrained) model
         weights, config = "", str(weights)
-    overrides = list(overrides)
-    if confidence is not None:
-        overrides += ["MODEL.FCOS.INFERENCE_TH_TEST", float(confidence) ** 2]
-    return Predictor(load_config(weights, config, overrides, device))
+    cfg = load_config(weights, config, overrides, device)
+    if confidence is None:
+        return Model(cfg)
+    cfg.defrost()
+    left_to_filter = set_score_threshold(cfg, confidence, "confidence")
+    return Model(cfg, min_score=left_to_filter)
 
 
 def as_bgr(image, format: str = "BGR") -> tuple[np.ndarray, str]:
@@ -233,5 +236,7 @@ def _dataset_metadata(cfg: CfgNode, key: str):
     return None
 
 
-__all__ = ["Prediction", "Predictor", "as_bgr", "image_id_from_name", "load", "load_config",
+Predictor = Model  # its earlier name, kept for scripts that use it
+
+__all__ = ["Model", "Prediction", "Predictor", "as_bgr", "image_id_from_name", "load", "load_config",
            "mask_to_polygons"]

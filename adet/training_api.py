@@ -17,7 +17,7 @@ from adet.data import DatasetCatalog, MetadataCatalog, register_datasets_from_ar
 from adet.data.build import check_num_classes
 from adet.engine import DefaultTrainer, default_setup
 from adet.engine.evaluate import evaluate_datasets, single_dataset_results
-from adet.engine.hooks import Callbacks
+from adet.engine.training.hooks import Callbacks
 from adet.errors import DatasetError
 from adet.export import export_model
 

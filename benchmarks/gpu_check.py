@@ -189,7 +189,7 @@ def train(cfg) -> tuple[list[dict], float]:
 def run_training(report: Report, device: str, quick: bool, work: Workspace) -> None:
     import torch
 
-    from adet.engine.trainer import amp_dtype
+    from adet.engine.training.trainer import amp_dtype
     from adet.layers import coupling_fused
 
     iterations = 10 if quick else 120
@@ -288,7 +288,7 @@ def run_predict(report: Report, device: str, quick: bool, work: Workspace) -> No
     import numpy as np
 
     from adet.engine import DefaultPredictor
-    from adet.engine.batch_predict import predict_files
+    from adet.engine.inference.batch_predict import predict_files
 
     folder = os.path.join(work.folder, "gpu_check_val")
     paths = sorted(os.path.join(folder, name) for name in os.listdir(folder))

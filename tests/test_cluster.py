@@ -18,8 +18,8 @@ import pytest
 import torch
 
 from adet.cli.errors import run_cli
-from adet.engine import slurm
-from adet.engine.run_claim import LOCK_NAME, RunClaim
+from adet.engine.distributed import slurm
+from adet.engine.distributed.run_claim import LOCK_NAME, RunClaim
 from adet.errors import LaunchError, PreflightError
 
 from .conftest import ROOT, load_tool
@@ -245,7 +245,7 @@ def test_torchrun_restart_continues_from_the_checkpoint(tiny_data, tmp_path, two
 @pytest.mark.slow
 def test_slurm_launcher_from_slurm_variables_equals_two_spawned_processes(tiny_data, tmp_path,  # noqa: F811
                                                                           two_process_reference):
-    from adet.engine.launch import find_free_port
+    from adet.engine.distributed.launch import find_free_port
 
     output_dir = tmp_path / "slurm"
     port, tag = find_free_port(), uuid.uuid4().hex
@@ -461,7 +461,7 @@ def test_a_stop_signal_during_an_evaluation_stops_promptly_and_the_resume_evalua
 
 
 def test_requeue_asks_scontrol_for_this_job(tmp_path, monkeypatch):
-    from adet.engine import preemption
+    from adet.engine.distributed import preemption
 
     calls = tmp_path / "calls.txt"
     scontrol = tmp_path / "scontrol"

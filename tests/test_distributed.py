@@ -15,7 +15,7 @@ import torch
 from adet.data import DatasetCatalog, MetadataCatalog, register_coco_instances
 from adet.data.synthetic import write_split
 from adet.engine import DefaultTrainer, ValidationLoss
-from adet.engine.launch import find_free_port
+from adet.engine.distributed.launch import find_free_port
 from adet.utils import comm
 
 from .conftest import ROOT

@@ -28,7 +28,7 @@ def test_mlflow_writer_logs_what_metrics_json_holds_and_resumes_the_same_run(sha
                                                                               monkeypatch):
     mlflow = pytest.importorskip("mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # a local store with no server or database
-    from adet.engine.experiment_loggers import MLflowWriter
+    from adet.engine.training.experiment_loggers import MLflowWriter
 
     register_shapes(shapes)
     uri = f"file:{tmp_path / 'mlruns'}"
@@ -53,7 +53,7 @@ def test_mlflow_writer_logs_what_metrics_json_holds_and_resumes_the_same_run(sha
 
 def test_wandb_writer_offline_summary_holds_the_last_values(shapes, tmp_path, monkeypatch):  # noqa: F811
     wandb = pytest.importorskip("wandb")
-    from adet.engine.experiment_loggers import WandbWriter
+    from adet.engine.training.experiment_loggers import WandbWriter
 
     register_shapes(shapes)
     monkeypatch.setenv("WANDB_SILENT", "true")

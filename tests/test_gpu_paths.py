@@ -18,8 +18,8 @@ from adet.data.build import pin_memory
 from adet.data.synthetic import write_split
 from adet.engine import DefaultTrainer
 from adet.engine.defaults import default_setup
-from adet.engine.launch import check_devices, unsafe_nccl_error_handling
-from adet.engine.trainer import amp_dtype, ddp_placement
+from adet.engine.distributed.launch import check_devices, unsafe_nccl_error_handling
+from adet.engine.training.trainer import amp_dtype, ddp_placement
 from adet.errors import LaunchError, PreflightError
 from adet.utils import comm
 
@@ -157,6 +157,6 @@ def test_more_processes_than_gpus_only_with_the_default_group_on_gloo(monkeypatc
     with pytest.raises(LaunchError, match="--num-gpus 2 asks for 2 GPUs but this machine has only 1"):
         check_devices(2, "cuda")
     monkeypatch.setenv(comm.BACKEND_ENV, "cuda:gloo")  # gloo takes CUDA tensors and lets processes share a GPU
-    with caplog.at_level(logging.WARNING, logger="adet.engine.launch"):
+    with caplog.at_level(logging.WARNING, logger="adet.engine.distributed.launch"):
         check_devices(2, "cuda")
     assert "2 processes share 1 GPU(s)" in caplog.text

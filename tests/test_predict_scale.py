@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from adet.cli import main as embedmask
-from adet.engine.batch_predict import SizeBuckets
-from adet.engine.prediction_shards import ShardWriter, done_images, repair_shards
+from adet.engine.inference.batch_predict import SizeBuckets
+from adet.engine.inference.prediction_shards import ShardWriter, done_images, repair_shards
 from adet.modeling import build_model
 
 from .conftest import ROOT, make_tiny_cfg, shapes_image
@@ -243,3 +243,23 @@ def test_retrain_into_the_same_weights_file_and_predict_again_into_the_same_outp
     resumed = capsys.readouterr()
     assert "3 of 3 images were predicted by an earlier run" in resumed.out + resumed.err
     assert "0 image(s) processed" in resumed.out
+
+
+def test_a_score_threshold_means_the_same_whatever_thresh_with_ctr(setup, tmp_path):
+    """--confidence-threshold / confidence= keep the detections scoring at least it. With THRESH_WITH_CTR False the
+    model's threshold applies to the class probability alone (scores below it pass), so what it leaves is filtered
+    after: the result is the THRESH_WITH_CTR True one, through adet.load and predict alike."""
+    import adet
+
+    image = os.path.join(setup["images"], "000000000001.jpg")
+    with_ctr = adet.load(setup["weights"], device="cpu", confidence=0.73)(image).to_json()
+    raw = adet.load(setup["weights"], device="cpu", overrides=["MODEL.FCOS.THRESH_WITH_CTR", False,
+                                                                  "MODEL.FCOS.INFERENCE_TH_TEST", 0.73 ** 2])(image)
+    assert len(with_ctr) > 0 and (raw.scores < 0.73).sum() > 0  # the class-only threshold lets lower scores through
+    without_ctr = adet.load(setup["weights"], device="cpu", confidence=0.73,
+                            overrides=["MODEL.FCOS.THRESH_WITH_CTR", False])(image).to_json()
+    assert without_ctr == with_ctr
+    records = predict(setup, tmp_path / "p.json", "--confidence-threshold", "0.73", "MODEL.FCOS.THRESH_WITH_CTR",
+                      "False")
+    assert len(records) > 0 and min(r["score"] for r in records) >= 0.73
+    assert [r for r in records if r["file_name"] == image] == [dict(r, file_name=image) for r in with_ctr]

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from adet.engine import DefaultTrainer
-from adet.engine.run_claim import LOCK_NAME
+from adet.engine.distributed.run_claim import LOCK_NAME
 from adet.errors import PreflightError
 
 from .conftest import ROOT
@@ -77,7 +77,7 @@ def test_a_busy_folder_is_refused_at_once_and_a_killed_holders_claim_is_taken_ov
         holder.send_signal(signal.SIGKILL)  # no release: the kernel drops the lock with the process
         holder.wait()
     assert (out / LOCK_NAME).exists()
-    with caplog.at_level(logging.WARNING, logger="adet.engine.run_claim"):
+    with caplog.at_level(logging.WARNING, logger="adet.engine.distributed.run_claim"):
         DefaultTrainer(tiny_training_cfg(out, "SOLVER.MAX_ITER", 2, "TEST.EVAL_PERIOD", 0)).train(log_period=1)
     assert f"was claimed by a run that is gone (pid {holder.pid} on " in caplog.text
     assert iterations(out / "metrics.json") == [0, 1] and not (out / LOCK_NAME).exists()

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from adet.engine import DefaultPredictor
-from adet.engine.sliced import LocalDetection, merge, predict_sliced, tile_windows, to_coco, to_instances
+from adet.engine.inference.sliced import LocalDetection, merge, predict_sliced, tile_windows, to_coco, to_instances
 from adet.structures.rle import encode_local_mask
 
 from .conftest import make_tiny_cfg, shapes_image

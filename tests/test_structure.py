@@ -142,6 +142,27 @@ def test_no_import_cycles_between_packages():
     assert find_cycle(graph) is None, " -> ".join(find_cycle(graph))
 
 
+# Inside the engine, by concern, lowest first: the distributed stack knows nothing of models; inference knows
+# nothing of training; evaluation of DATASETS.TEST runs inference; training uses them all; the package's own modules
+# (what detectron2 scripts import, the argument parser) sit on top.
+ENGINE_LAYERS = ["distributed", "inference", "evaluate", "training", ""]
+
+
+def test_engine_concerns_import_only_downwards():
+    modules = package_modules()
+
+    def concern(module: str) -> str:
+        part = module.split(".")[2] if module.count(".") >= 2 else ""
+        return part if part in ENGINE_LAYERS else ""
+
+    edges = {(concern(name), concern(target)) for name, (path, tree) in modules.items() if name.startswith(
+        "adet.engine.") for target in imported_modules(name, path, tree, set(modules)) if target.startswith(
+        "adet.engine.")}
+    assert ("training", "distributed") in edges and ("inference", "inference") in edges  # really read
+    upward = sorted(f"{a} -> {b}" for a, b in edges if ENGINE_LAYERS.index(b) > ENGINE_LAYERS.index(a))
+    assert upward == [], f"engine imports against its concerns' order: {upward}"
+
+
 def loaded_after(code: str) -> list[str]:
     """The modules loaded in a fresh interpreter by ``code``."""
     script = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"

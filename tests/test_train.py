@@ -153,7 +153,7 @@ def test_resume_after_sigkill_continues_the_same_loss_sequence(tiny_data, tmp_pa
 def test_two_cpu_processes_match_one_process_with_the_same_total_batch(tmp_path):
     """A one-image dataset without flips makes every per-process batch identical, so per-process normalisations
     and BatchNorm statistics coincide and two processes (batch 1 each) must reproduce one process (batch 2)."""
-    from adet.engine.launch import launch
+    from adet.engine.distributed.launch import launch
 
     from . import dist_worker
 

@@ -28,7 +28,7 @@ class Trainer(DefaultTrainer):
         return COCOEvaluator(dataset_name, output_dir=output_folder or inference_folder(cfg, dataset_name))
 
     def build_hooks(self):
-        return super().build_hooks()  # + [EarlyStopping("segm/AP", patience=5)] (adet.engine.hooks)...
+        return super().build_hooks()  # + [EarlyStopping("segm/AP", patience=5)] (adet.engine.training.hooks)...
 
 
 def cli(argv=None):

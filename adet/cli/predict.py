@@ -18,8 +18,9 @@ import os
 import cv2
 from tqdm import tqdm
 
-from adet.api import Predictor, load_config
-from adet.engine.launch import check_devices, launch, restart_count
+from adet.api import Model, load_config
+from adet.config import set_score_threshold
+from adet.engine.distributed.launch import check_devices, launch, restart_count
 from adet.errors import InputError, PreflightError
 from adet.export import ONNXPredictor
 from adet.utils import comm
@@ -172,20 +173,22 @@ def open_webcam(output: str):
 
 
 def onnx_predictor(args: argparse.Namespace, overrides: list[str]):
-    """A Predictor running ``--onnx`` in ONNX Runtime; the score threshold applies to its output."""
+    """A Model running ``--onnx`` in ONNX Runtime; the score threshold applies to its output."""
     if args.weights or args.config_file or overrides:
         raise PreflightError("--onnx: the exported file holds the model and its config; --weights, --config-file "
                              "and KEY VALUE overrides do not apply to it")
     if not os.path.isfile(args.onnx):
         raise InputError(f"--onnx {args.onnx}: no such file")
     providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
-    return Predictor(ONNXPredictor(args.onnx, providers), min_score=args.confidence_threshold)
+    return Model(ONNXPredictor(args.onnx, providers), min_score=args.confidence_threshold)
 
 
 def predict_config(args: argparse.Namespace, overrides: list[str]):
-    """The checked config of the PyTorch model; the score threshold becomes the model's."""
-    overrides = overrides + ["MODEL.FCOS.INFERENCE_TH_TEST", args.confidence_threshold ** 2]
+    """The checked config of the PyTorch model, whose threshold is --confidence-threshold
+    (:func:`adet.config.set_score_threshold`; what it leaves to filter is ``args.min_score``)."""
     cfg = load_config(args.weights, args.config_file or None, overrides, args.device)
+    cfg.defrost()
+    args.min_score = set_score_threshold(cfg, args.confidence_threshold, "--confidence-threshold")
     check_device(cfg.MODEL.DEVICE)
     check_config_values(cfg)
     check_weights(cfg.MODEL.WEIGHTS, required=True, what="--weights" if args.weights else "MODEL.WEIGHTS")
@@ -198,7 +201,8 @@ def predict_config(args: argparse.Namespace, overrides: list[str]):
 def image_worker(model_source, args: argparse.Namespace, paths: list[str]) -> dict:
     """One process's share of the images (``model_source``: the config, or the ONNX file)."""
     setup_logger(rank=comm.get_rank())
-    predictor = (onnx_predictor(args, []) if isinstance(model_source, str) else Predictor(model_source))
+    predictor = (onnx_predictor(args, []) if isinstance(model_source, str) else
+                 Model(model_source, min_score=args.min_score))
     return predict_images(predictor, args, paths, model_source)
 
 
@@ -249,7 +253,7 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
                 f", {counts['skipped']} skipped" if counts["skipped"] else "") + (
                 f"; results in {args.output}" if args.output else ""))
         return counts
-    predictor = checked_onnx or Predictor(source)
+    predictor = checked_onnx or Model(source, min_score=args.min_score)
     results = JsonResults(args.ground_truth, args.json)
     if args.video_input:
         capture = cv2.VideoCapture(args.video_input)

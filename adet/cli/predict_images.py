@@ -2,7 +2,7 @@
 (``--num-gpus``, torchrun, SLURM: each a disjoint share of the images), with results streamed to per-process shards
 in the results folder (``--output``, or ``<--json>.parts`` without it) and the ``--json`` assembled at the end. A
 rerun with ``--resume`` (or a restarted torchrun/SLURM job) skips the images already done; without it, the run
-starts afresh (``adet/engine/prediction_shards.py``)."""
+starts afresh (``adet/engine/inference/prediction_shards.py``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import os
 import numpy as np
 from tqdm import tqdm
 
-from adet.api import Prediction, Predictor
+from adet.api import Model, Prediction
 from adet.data.image_io import read_image
-from adet.engine import prediction_shards as shards
-from adet.engine import sliced
-from adet.engine.batch_predict import default_batch_size, predict_files
+from adet.engine.inference import prediction_shards as shards
+from adet.engine.inference import sliced
+from adet.engine.inference.batch_predict import default_batch_size, predict_files
 from adet.errors import ImageReadError
 from adet.utils import comm
 
@@ -68,7 +68,7 @@ def remaining_images(folder: str, paths: list[str], model_source, args: argparse
     return remaining
 
 
-def predict_images(predictor: Predictor, args: argparse.Namespace, paths: list[str], model_source) -> dict:
+def predict_images(predictor: Model, args: argparse.Namespace, paths: list[str], model_source) -> dict:
     """This process's share of ``paths``; on the main process, once all are done, the --json. Returns counts.
     ``model_source``: the config, or the ONNX file (what the results folder records)."""
     folder = results_folder(args, len(paths))
@@ -94,6 +94,8 @@ def predict_images(predictor: Predictor, args: argparse.Namespace, paths: list[s
         bar.update(1)
 
     def handle(item: dict, instances) -> None:
+        if predictor.min_score > 0:  # what the model's own threshold leaves (THRESH_WITH_CTR False)
+            instances = instances[instances.scores >= predictor.min_score]
         image = item["original"] if item["original"] is not None else np.empty((item["height"], item["width"], 0),
                                                                                  np.uint8)
         save(item["path"], Prediction(instances, image, predictor.class_names, predictor.category_ids,
@@ -125,7 +127,7 @@ def predict_images(predictor: Predictor, args: argparse.Namespace, paths: list[s
     return counts
 
 
-def predict_one_by_one(predictor: Predictor, paths: list[str], save, skip) -> dict:
+def predict_one_by_one(predictor: Model, paths: list[str], save, skip) -> dict:
     for path in paths:
         try:
             prediction = predictor.predict(path)
@@ -136,8 +138,8 @@ def predict_one_by_one(predictor: Predictor, paths: list[str], save, skip) -> di
     return {}
 
 
-def predict_sliced_files(predictor: Predictor, args: argparse.Namespace, paths: list[str], save, skip) -> dict:
-    """--slice H W: each image in overlapping tiles (``adet/engine/sliced.py``)."""
+def predict_sliced_files(predictor: Model, args: argparse.Namespace, paths: list[str], save, skip) -> dict:
+    """--slice H W: each image in overlapping tiles (``adet/engine/inference/sliced.py``)."""
     for path in paths:
         try:
             image = read_image(path, "BGR")
@@ -146,6 +148,7 @@ def predict_sliced_files(predictor: Predictor, args: argparse.Namespace, paths: 
             continue
         detections = sliced.predict_sliced(predictor.predictor, image, tuple(args.slice), args.overlap,
                                            not args.no_full_image, batch_size=args.batch_size or 4)
+        detections = [d for d in detections if d.score >= predictor.min_score]
         # Drawing needs full-size masks; the results (--json, shards) are encoded from the crops.
         save(path, Prediction(sliced.to_instances(detections, *image.shape[:2]) if args.output else
                               sliced.to_instances([], *image.shape[:2]), image, predictor.class_names,

@@ -19,7 +19,7 @@ from adet.checkpoint import DetectionCheckpointer, checkpoint_config
 from adet.data.builtin import datasets_root
 from adet.data.synthetic import IMAGE_SIZE, generate_image
 from adet.engine.evaluate import evaluate_datasets
-from adet.engine.trainer import train
+from adet.engine.training.trainer import train
 from adet.model_zoo import get_config
 from adet.modeling import build_model, prepare_for_inference
 from adet.utils.logger import setup_logger

@@ -15,10 +15,17 @@ import torch
 from adet.checkpoint import DetectionCheckpointer, resume_checkpoint
 from adet.data.build import check_num_classes, required_datasets
 from adet.engine.defaults import default_setup
+from adet.engine.distributed.launch import (
+    check_devices,
+    dist_timeout,
+    launch,
+    leader_rank,
+    restart_count,
+    world_size_of,
+)
+from adet.engine.distributed.run_claim import RunClaim
 from adet.engine.evaluate import evaluate_datasets
-from adet.engine.launch import check_devices, dist_timeout, launch, leader_rank, restart_count, world_size_of
-from adet.engine.run_claim import RunClaim
-from adet.engine.trainer import DefaultTrainer
+from adet.engine.training.trainer import DefaultTrainer
 from adet.modeling import prepare_for_inference
 from adet.utils.logger import setup_logger
 

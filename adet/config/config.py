@@ -14,6 +14,7 @@ from fvcore.common.config import CfgNode as _FvcoreCfgNode
 from adet.errors import ConfigError
 
 from . import compat
+from .score_threshold import candidate_threshold
 
 
 def _full_keys(node: CfgNode, prefix: str = "") -> Iterator[str]:
@@ -171,7 +172,7 @@ class RoiHeadsAlias:
         if name == "NUM_CLASSES":
             return self._fcos.NUM_CLASSES
         if name == "SCORE_THRESH_TEST":
-            return self._fcos.INFERENCE_TH_TEST ** 0.5
+            return self._fcos.INFERENCE_TH_TEST ** 0.5  # as score_threshold.score_threshold
         raise AttributeError(f"MODEL.ROI_HEADS.{name}: EmbedMask has no ROI heads (its keys are under MODEL.FCOS "
                              "and MODEL.EMBEDMASK)")
 
@@ -179,7 +180,7 @@ class RoiHeadsAlias:
         if name == "NUM_CLASSES":
             self._fcos.NUM_CLASSES = int(value)
         elif name == "SCORE_THRESH_TEST":
-            self._fcos.INFERENCE_TH_TEST = float(value) ** 2
+            self._fcos.INFERENCE_TH_TEST = candidate_threshold(value, "MODEL.ROI_HEADS.SCORE_THRESH_TEST")
         else:
             compat.logger.warning("MODEL.ROI_HEADS.%s %r has no effect on EmbedMask (it has no ROI heads); ignored",
                                   name, value)

@@ -160,14 +160,14 @@ _C.SOLVER.AMP.PRECISION = "auto"
 # ---------------------------------------------------------------------------------------------------------------------
 _C.TEST = CN()
 _C.TEST.EVAL_PERIOD = 0
-# Test-time augmentation (adet/engine/tta.py): every MIN_SIZES scale (long side <= MAX_SIZE), each also
+# Test-time augmentation (adet/engine/inference/tta.py): every MIN_SIZES scale (long side <= MAX_SIZE), each also
 # flipped when FLIP; the detections of all of them merged by NMS.
 _C.TEST.AUG = CN({"ENABLED": False})
 _C.TEST.AUG.MIN_SIZES = (400, 500, 600, 700, 800, 900, 1000, 1100, 1200)
 _C.TEST.AUG.MAX_SIZE = 4000
 _C.TEST.AUG.FLIP = True
-# Sliced inference (adet/engine/sliced.py): images cut into overlapping tiles of SIZE (h, w) pixels, predicted at
-# their own resolution and merged; for images much larger than the test size.
+# Sliced inference (adet/engine/inference/sliced.py): images cut into overlapping tiles of SIZE (h, w) pixels,
+# predicted at their own resolution and merged; for images much larger than the test size.
 _C.TEST.SLICE = CN({"ENABLED": False})
 _C.TEST.SLICE.SIZE = (800, 800)
 _C.TEST.SLICE.OVERLAP = 0.2

@@ -11,13 +11,12 @@ import torch
 
 from adet.data import MetadataCatalog, build_detection_test_loader
 from adet.data.build import required_datasets
+from adet.engine.inference.sliced import SlicedModel
+from adet.engine.inference.tta import build_tta
 from adet.evaluation import COCOEvaluator, inference_on_dataset
 from adet.evaluation.confusion import confusion_matrix
 from adet.utils import comm
 from adet.utils.plots import plot_confusion_matrix, plot_per_category_ap, plot_precision_recall
-
-from .sliced import SlicedModel
-from .tta import build_tta
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """The whole export as a library function: the model of a config to one ONNX file, checked in ONNX Runtime against
 PyTorch on a sample image and a crop of it (another size and aspect ratio), and optionally quantized to int8 behind
-an accuracy gate. ``embedmask export`` and ``Predictor.export`` call :func:`export_model`."""
+an accuracy gate. ``embedmask export`` and ``Model.export`` call :func:`export_model`."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ import torch
 
 from adet.config import CfgNode
 from adet.data.image_io import as_color_uint8
-from adet.engine.predictor import prepare_image, resize_for_test
+from adet.engine.inference.predictor import prepare_image, resize_for_test
 from adet.errors import WeightFileError
 from adet.modeling.embedmask.postprocess import postprocess
 from adet.structures import Boxes, Instances

@@ -21,10 +21,9 @@ import torch.utils.data as torchdata
 
 from adet.data.build import leave_stop_signals_to_the_trainer, pin_memory, trivial_batch_collator
 from adet.data.image_io import read_image
+from adet.engine.inference.predictor import DefaultPredictor, prepare_image
 from adet.errors import ImageReadError
 from adet.structures import padded_size
-
-from .predictor import DefaultPredictor, prepare_image
 
 logger = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ from typing import Any
 
 import yaml
 
+from adet.engine.training.hooks import HookBase, flat_metrics
 from adet.utils import comm
-
-from .hooks import HookBase, flat_metrics
 
 
 class TrackerWriter(HookBase):

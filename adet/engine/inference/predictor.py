@@ -8,10 +8,9 @@ import torch
 from adet.checkpoint import DetectionCheckpointer
 from adet.data.image_io import as_color_uint8, check_image_format
 from adet.data.transforms import ResizeForTest
+from adet.engine.inference.tta import build_tta
 from adet.modeling import build_model, prepare_for_inference
 from adet.structures import Instances
-
-from .tta import build_tta
 
 
 def prepare_image(image: np.ndarray, input_format: str, resize: ResizeForTest | None) -> np.ndarray:

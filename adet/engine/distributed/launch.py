@@ -25,11 +25,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from adet.engine.distributed.preemption import STOP_SIGNALS
+from adet.engine.distributed.slurm import check_gpus_per_node, slurm_task, under_srun
 from adet.errors import LaunchError
 from adet.utils import comm
-
-from .preemption import STOP_SIGNALS
-from .slurm import check_gpus_per_node, slurm_task, under_srun
 
 logger = logging.getLogger(__name__)
 

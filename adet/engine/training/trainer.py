@@ -1,7 +1,7 @@
 """``DefaultTrainer``: detectron2's trainer, with the training loop in one readable method (:meth:`train_loop`).
 
     trainer = DefaultTrainer(cfg)
-    trainer.register_hooks([EarlyStopping("segm/AP", patience=3)])   # adet.engine.hooks
+    trainer.register_hooks([EarlyStopping("segm/AP", patience=3)])   # adet.engine.training.hooks
     trainer.resume_or_load(resume=False)
     results = trainer.train()
 
@@ -32,6 +32,14 @@ from adet.checkpoint.files import remove_stale_temporaries
 from adet.config import CfgNode
 from adet.data import build_detection_test_loader, build_detection_train_loader
 from adet.data.build import dataset_classes, position_train_loader
+from adet.engine.distributed import preemption
+from adet.engine.distributed.launch import restart_count
+from adet.engine.distributed.run_claim import RunClaim, archive_earlier_run, claimed_by_this_run
+from adet.engine.evaluate import evaluate_datasets, inference_folder, single_dataset_results
+from adet.engine.training.best_model import read_best, save_if_best
+from adet.engine.training.hooks import HookBase
+from adet.engine.training.metrics import MetricsWriter
+from adet.engine.training.reproducibility import configure_determinism, seed_rng, shared_seed
 from adet.errors import Preempted, TrainingDivergedError
 from adet.evaluation import COCOEvaluator
 from adet.modeling import build_model
@@ -39,15 +47,6 @@ from adet.solver import build_lr_scheduler, build_optimizer, clip_gradients, sca
 from adet.utils import comm, events
 from adet.utils.logger import setup_logger
 from adet.utils.plots import plot_training_curves
-
-from . import preemption
-from .best_model import read_best, save_if_best
-from .evaluate import evaluate_datasets, inference_folder, single_dataset_results
-from .hooks import HookBase
-from .launch import restart_count
-from .metrics import MetricsWriter
-from .reproducibility import configure_determinism, seed_rng, shared_seed
-from .run_claim import RunClaim, archive_earlier_run, claimed_by_this_run
 
 logger = logging.getLogger(__name__)
 

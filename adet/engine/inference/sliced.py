@@ -18,10 +18,9 @@ import cv2
 import numpy as np
 import torch
 
+from adet.engine.inference.predictor import prepare_image, resize_for_test
 from adet.structures import Boxes, Instances
 from adet.structures.rle import encode_local_mask
-
-from .predictor import prepare_image, resize_for_test
 
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1 in the image
 
