@@ -17,7 +17,8 @@ import torch
 
 from adet.cli import main as embedmask
 from adet.engine.inference.batch_predict import SizeBuckets
-from adet.engine.inference.prediction_shards import ShardWriter, done_images, repair_shards
+from adet.engine.inference.prediction_shards import DoneIndex, ShardWriter, assemble_json, repair_shards
+from adet.errors import InputError
 from adet.modeling import build_model
 
 from .conftest import ROOT, make_tiny_cfg, shapes_image
@@ -164,7 +165,8 @@ def test_a_killed_sharded_run_is_finished_by_a_rerun_with_nothing_lost_or_twice(
         time.sleep(0.05)
     os.killpg(run.pid, signal.SIGKILL)  # the launcher and both workers, mid-run
     run.wait(timeout=60)
-    done_before = len(done_images(folder))
+    with DoneIndex(folder) as done:
+        done_before = len(done)
     assert 6 <= done_before < 24 and not out.exists()
     with open(os.path.join(folder, "predictions.rank1.jsonl"), "a") as f:
         f.write('{"file": "half a line a kill cut')  # as a kill during a write leaves it
@@ -263,3 +265,25 @@ def test_a_score_threshold_means_the_same_whatever_thresh_with_ctr(setup, tmp_pa
                       "False")
     assert len(records) > 0 and min(r["score"] for r in records) >= 0.73
     assert [r for r in records if r["file_name"] == image] == [dict(r, file_name=image) for r in with_ctr]
+
+
+def test_the_store_indexes_line_heads_and_copies_detections_as_text(tmp_path):
+    """The done index reads each line's head only (first line of an image wins, broken lines are not done), and the
+    assembly copies each line's detections byte for byte, without parsing them."""
+    folder = tmp_path / "store"
+    folder.mkdir()
+    (folder / "predictions.rank0.jsonl").write_bytes(
+        b'{"file": "a.jpg", "count": 2, "detections": [{"score": 0.50}, {"score": 1e-1 }]}\n'
+        b'{"file": "b.jpg", "count": 0, "detections": []}\n'
+        b'{"file": "c.jpg", "count": 1, "detec')  # cut by a kill
+    (folder / "predictions.rank1.jsonl").write_bytes(
+        b'{"file": "a.jpg", "count": 1, "detections": [{"score": 0.9}]}\n'  # a.jpg again: rank0's wins
+        b'{"file": "d.jpg", "count": 1, "detections": [not json, copied as it is]}\n')
+    with DoneIndex(str(folder)) as done:
+        assert len(done) == 3 and "c.jpg" not in done and "b.jpg" in done
+        assert done.location("a.jpg") == (str(folder / "predictions.rank0.jsonl"), 0, 2)
+    out = tmp_path / "r.json"
+    assert assemble_json(str(folder), ["d.jpg", "b.jpg", "a.jpg"], str(out)) == 3
+    assert out.read_bytes() == b'[not json, copied as it is,{"score": 0.50}, {"score": 1e-1 }]'
+    with pytest.raises(InputError, match=r"1 image\(s\) have no predictions in .* \(e.g. c.jpg\)"):
+        assemble_json(str(folder), ["a.jpg", "c.jpg"], str(out))

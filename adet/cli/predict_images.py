@@ -59,8 +59,8 @@ def remaining_images(folder: str, paths: list[str], model_source, args: argparse
     comm.synchronize()
     if not args.resume:
         return paths
-    done = shards.done_images(folder)
-    remaining = [p for p in paths if p not in done]
+    with shards.DoneIndex(folder) as done:
+        remaining = [path for path, where in done.in_order(paths) if where is None]
     if len(remaining) < len(paths) and comm.is_main_process():
         logger.info("%d of %d images were predicted by an earlier run into %s: skipping them", len(paths) -
                     len(remaining), len(paths), folder)

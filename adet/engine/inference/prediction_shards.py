@@ -15,6 +15,9 @@ import glob
 import hashlib
 import json
 import os
+import shutil
+import sqlite3
+import tempfile
 from collections.abc import Iterator
 from typing import IO
 
@@ -32,26 +35,80 @@ def shard_path(folder: str, rank: int) -> str:
     return os.path.join(folder, f"predictions.rank{rank}.jsonl")
 
 
+def line_head(line: bytes) -> dict | None:
+    """``{"file": ..., "count": N}`` of a complete shard line, from the text before its detections (which are not
+    parsed); None for a line a kill cut short or another writer broke."""
+    cut = line.find(DETECTIONS_KEY)
+    if cut < 0 or not line.endswith(b"]}\n"):
+        return None
+    try:
+        head = json.loads(line[:cut] + b"}")
+    except ValueError:
+        return None
+    return head if isinstance(head, dict) and isinstance(head.get("file"), str) else None
+
+
 def complete_lines(path: str) -> Iterator[tuple[int, dict]]:
-    """(byte offset, record) of each complete, parseable line of a shard."""
+    """(byte offset, head) of each complete line of a shard (:func:`line_head`)."""
     with open(path, "rb") as f:
         offset = 0
         for line in f:
-            if line.endswith(b"\n"):
-                try:
-                    yield offset, json.loads(line)
-                except ValueError:
-                    pass  # a line another writer cut short, then went on after: redone
+            head = line_head(line)
+            if head is not None:
+                yield offset, head
             offset += len(line)
 
 
-def done_images(folder: str) -> dict[str, tuple[str, int]]:
-    """{input path: (shard, offset of its line)} of every image some earlier process finished."""
-    done: dict[str, tuple[str, int]] = {}
-    for path in sorted(glob.glob(os.path.join(folder, SHARD_PATTERN))):
-        for offset, record in complete_lines(path):
-            done.setdefault(record["file"], (path, offset))
-    return done
+class DoneIndex:
+    """The images some earlier process finished in a results folder: where each one's line is (shard, offset) and
+    its detection count. Built in one pass over each shard, reading each line's head only, into an SQLite table in
+    a temporary folder: memory does not grow with the number of images. The first line of an image wins (shards in
+    name order), as :func:`assemble_json` reads it."""
+
+    def __init__(self, folder: str):
+        self.shards = sorted(glob.glob(os.path.join(folder, SHARD_PATTERN)))
+        self._folder = tempfile.mkdtemp(prefix="embedmask-done-")
+        self.db = sqlite3.connect(os.path.join(self._folder, "done.sqlite"))
+        self.db.execute("PRAGMA journal_mode = OFF")
+        self.db.execute("PRAGMA synchronous = OFF")
+        self.db.execute("CREATE TABLE done (file TEXT PRIMARY KEY, shard INTEGER, offset INTEGER, count INTEGER)")
+        with self.db:
+            for number, path in enumerate(self.shards):
+                self.db.executemany("INSERT OR IGNORE INTO done VALUES (?, ?, ?, ?)",
+                                    ((head["file"], number, offset, head.get("count", 0))
+                                     for offset, head in complete_lines(path)))
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM done").fetchone()[0]
+
+    def __contains__(self, source: str) -> bool:
+        return self.db.execute("SELECT 1 FROM done WHERE file = ?", (source,)).fetchone() is not None
+
+    def in_order(self, sources: list[str]) -> Iterator[tuple[str, tuple[str, int, int] | None]]:
+        """(source, :meth:`location`) of each of ``sources``, in their order: one join inside SQLite instead of a
+        query per image."""
+        self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (position INTEGER PRIMARY KEY, file TEXT)")
+        self.db.execute("DELETE FROM wanted")
+        self.db.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(sources))
+        rows = self.db.execute("SELECT wanted.file, done.shard, done.offset, done.count FROM wanted LEFT JOIN done "
+                               "ON done.file = wanted.file ORDER BY wanted.position")
+        for source, shard, offset, count in rows:
+            yield source, None if shard is None else (self.shards[shard], offset, count)
+
+    def location(self, source: str) -> tuple[str, int, int] | None:
+        """(shard, byte offset of the line, detection count) of ``source``'s line, or None."""
+        row = self.db.execute("SELECT shard, offset, count FROM done WHERE file = ?", (source,)).fetchone()
+        return None if row is None else (self.shards[row[0]], row[1], row[2])
+
+    def close(self) -> None:
+        self.db.close()
+        shutil.rmtree(self._folder, ignore_errors=True)
+
+    def __enter__(self) -> DoneIndex:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def file_sha256(path: str) -> str:
@@ -137,32 +194,31 @@ class ShardWriter:
 
 def assemble_json(folder: str, sources: list[str], json_path: str) -> int:
     """Write the COCO results of ``sources`` (in this order) from the shards to ``json_path`` atomically; returns
-    the number of detections. An image missing from every shard is an error naming it."""
-    done = done_images(folder)
-    missing = [s for s in sources if s not in done]
-    if missing:
-        raise InputError(f"{len(missing)} image(s) have no predictions in {folder} (e.g. {missing[0]}); rerun the "
-                         "same command to finish them")
-    count, temporary = 0, f"{json_path}.tmp-{os.getpid()}"
-    handles: dict[str, IO[bytes]] = {}
-    try:
-        with open(temporary, "wb") as out:
-            out.write(b"[")
-            for source in sources:
-                shard, offset = done[source]
-                handle = handles.get(shard) or handles.setdefault(shard, open(shard, "rb"))
-                handle.seek(offset)
-                line = handle.readline().rstrip(b"\n")
-                start = line.index(DETECTIONS_KEY) + len(DETECTIONS_KEY)
-                records = line[start:-2]  # the array's text without its brackets (the line ends with "]}")
-                if records:
-                    out.write((b"," if count else b"") + records)
-                    count += json.loads(line[:start - len(DETECTIONS_KEY)] + b"}")["count"]
-            out.write(b"]")
-        os.replace(temporary, json_path)
-    finally:
-        for handle in handles.values():
-            handle.close()
-        if os.path.exists(temporary):
-            os.remove(temporary)
+    the number of detections. Each line's detections are copied as text, never parsed. An image missing from every
+    shard is an error naming it."""
+    with DoneIndex(folder) as done:
+        missing = [source for source, where in done.in_order(sources) if where is None]
+        if missing:
+            raise InputError(f"{len(missing)} image(s) have no predictions in {folder} (e.g. {missing[0]}); rerun "
+                             "the same command with --resume to finish them")
+        count, temporary = 0, f"{json_path}.tmp-{os.getpid()}"
+        handles: dict[str, IO[bytes]] = {}
+        try:
+            with open(temporary, "wb") as out:
+                out.write(b"[")
+                for _, (shard, offset, detections) in done.in_order(sources):
+                    handle = handles.get(shard) or handles.setdefault(shard, open(shard, "rb"))
+                    handle.seek(offset)
+                    line = handle.readline().rstrip(b"\n")
+                    records = line[line.index(DETECTIONS_KEY) + len(DETECTIONS_KEY):-2]  # without "[" and "]}"
+                    if records:
+                        out.write((b"," if count else b"") + records)
+                        count += detections
+                out.write(b"]")
+            os.replace(temporary, json_path)
+        finally:
+            for handle in handles.values():
+                handle.close()
+            if os.path.exists(temporary):
+                os.remove(temporary)
     return count
