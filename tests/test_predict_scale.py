@@ -280,8 +280,10 @@ def test_the_store_indexes_line_heads_and_copies_detections_as_text(tmp_path):
         b'{"file": "a.jpg", "count": 1, "detections": [{"score": 0.9}]}\n'  # a.jpg again: rank0's wins
         b'{"file": "d.jpg", "count": 1, "detections": [not json, copied as it is]}\n')
     with DoneIndex(str(folder)) as done:
-        assert len(done) == 3 and "c.jpg" not in done and "b.jpg" in done
-        assert done.location("a.jpg") == (str(folder / "predictions.rank0.jsonl"), 0, 2)
+        assert len(done) == 3
+        assert list(done.in_order(["c.jpg", "a.jpg", "b.jpg"])) == [
+            ("c.jpg", None), ("a.jpg", (str(folder / "predictions.rank0.jsonl"), 0, 2)),
+            ("b.jpg", (str(folder / "predictions.rank0.jsonl"), 81, 0))]  # after the 81 bytes of line 1
     out = tmp_path / "r.json"
     assert assemble_json(str(folder), ["d.jpg", "b.jpg", "a.jpg"], str(out)) == 3
     assert out.read_bytes() == b'[not json, copied as it is,{"score": 0.50}, {"score": 1e-1 }]'

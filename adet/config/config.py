@@ -172,7 +172,7 @@ class RoiHeadsAlias:
         if name == "NUM_CLASSES":
             return self._fcos.NUM_CLASSES
         if name == "SCORE_THRESH_TEST":
-            return self._fcos.INFERENCE_TH_TEST ** 0.5  # as score_threshold.score_threshold
+            return self._fcos.INFERENCE_TH_TEST ** 0.5
         raise AttributeError(f"MODEL.ROI_HEADS.{name}: EmbedMask has no ROI heads (its keys are under MODEL.FCOS "
                              "and MODEL.EMBEDMASK)")
 

@@ -25,7 +25,3 @@ def set_score_threshold(cfg, min_score: float, what: str = "the score threshold"
     cfg.MODEL.FCOS.INFERENCE_TH_TEST = candidate_threshold(min_score, what)
     return 0.0 if cfg.MODEL.FCOS.THRESH_WITH_CTR else float(min_score)
 
-
-def score_threshold(cfg) -> float:
-    """The score threshold ``cfg`` applies (exactly when THRESH_WITH_CTR is True)."""
-    return cfg.MODEL.FCOS.INFERENCE_TH_TEST ** 0.5

@@ -81,12 +81,9 @@ class DoneIndex:
     def __len__(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM done").fetchone()[0]
 
-    def __contains__(self, source: str) -> bool:
-        return self.db.execute("SELECT 1 FROM done WHERE file = ?", (source,)).fetchone() is not None
-
     def in_order(self, sources: list[str]) -> Iterator[tuple[str, tuple[str, int, int] | None]]:
-        """(source, :meth:`location`) of each of ``sources``, in their order: one join inside SQLite instead of a
-        query per image."""
+        """(source, (shard, byte offset of its line, detection count) or None when not done) of each of ``sources``,
+        in their order: one join inside SQLite instead of a query per image."""
         self.db.execute("CREATE TEMP TABLE IF NOT EXISTS wanted (position INTEGER PRIMARY KEY, file TEXT)")
         self.db.execute("DELETE FROM wanted")
         self.db.executemany("INSERT INTO wanted VALUES (?, ?)", enumerate(sources))
@@ -94,11 +91,6 @@ class DoneIndex:
                                "ON done.file = wanted.file ORDER BY wanted.position")
         for source, shard, offset, count in rows:
             yield source, None if shard is None else (self.shards[shard], offset, count)
-
-    def location(self, source: str) -> tuple[str, int, int] | None:
-        """(shard, byte offset of the line, detection count) of ``source``'s line, or None."""
-        row = self.db.execute("SELECT shard, offset, count FROM done WHERE file = ?", (source,)).fetchone()
-        return None if row is None else (self.shards[row[0]], row[1], row[2])
 
     def close(self) -> None:
         self.db.close()
