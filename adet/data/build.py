@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import atexit
-import ctypes
 import logging
 import multiprocessing.util  # its exit hook is registered before ours, which must run first
 import os
 import signal
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -30,47 +30,40 @@ def trivial_batch_collator(batch: list) -> list:
     return batch
 
 
-# The name our loader workers give themselves (/proc/<pid>/comm, what ps and top show): how the exit hook below
-# tells them from the children of the program that imported us.
-WORKER_NAME = b"adet-loader"
-
-
 def leave_stop_signals_to_the_trainer(worker_id: int) -> None:
     """Data-loader workers ignore the stop signals (SIGTERM, SIGUSR1, SIGUSR2: a cluster's preemption, sent to every
     process of the job): the training process stops at an iteration boundary and shuts them down. torch's worker
     handler would end them at once, and the batch the stop checkpoint waits for with them."""
     for signum in (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2):
         signal.signal(signum, signal.SIG_IGN)
-    try:
-        ctypes.CDLL(None).prctl(15, ctypes.c_char_p(WORKER_NAME), 0, 0, 0)  # PR_SET_NAME (Linux)
-    except (OSError, AttributeError):
-        pass  # no prctl: the exit hook, which reads /proc, does not run there either
 
 
-def _is_our_worker_ignoring_sigterm(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            if f.read().strip() != WORKER_NAME:
-                return False
-        with open(f"/proc/{pid}/status") as f:
-            ignored = next(int(line.split()[1], 16) for line in f if line.startswith("SigIgn:"))
-    except (OSError, StopIteration, ValueError):
-        return False
-    return bool(ignored >> (signal.SIGTERM - 1) & 1)
+# The worker processes of our loaders, recorded by the parent as the iterator starts them: a name or mark the child
+# gave itself would come too late for a worker still starting when the program exits.
+_our_workers: weakref.WeakSet = weakref.WeakSet()
+
+
+class DataLoader(torchdata.DataLoader):
+    """torch's DataLoader whose worker processes this process ends at exit, if they are still running then."""
+
+    def _get_iterator(self):
+        iterator = super()._get_iterator()
+        _our_workers.update(getattr(iterator, "_workers", ()))
+        return iterator
 
 
 @atexit.register
 def _end_workers_left_running() -> None:
     """At exit, multiprocessing ends daemonic children with SIGTERM and joins them: a loader of ours whose iterator
     is still referenced (by a traceback, say) would keep this process from ever exiting, its workers ignoring SIGTERM.
-    Only our own workers are ended (by their name): other code's children are its own business."""
-    left = [child for child in multiprocessing.active_children()
-            if child.daemon and child.pid is not None and _is_our_worker_ignoring_sigterm(child.pid)]
+    Only our own loaders' workers are ended: other code's children are its own business."""
+    # a forked child inherits the set: only the parent may end (and ask after) the workers
+    left = [worker for worker in list(_our_workers) if worker._parent_pid == os.getpid() and worker.is_alive()]
     if left:
         # torch's SIGCHLD handler would report each as a worker killed by a signal
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for child in left:
-        child.kill()
+    for worker in left:
+        worker.kill()
 
 
 def pin_memory(device: str) -> bool:
@@ -186,7 +179,7 @@ def build_detection_train_loader(cfg, mapper=None, *, seed: int | None = None, s
     sampler = TrainingBatchSampler(group_ids, batch_size, seed, get_rank(), world_size,
                                    start_iter)
     dataset = MapDataset(dicts, mapper or DatasetMapper.from_config(cfg, is_train=True), seed)
-    return torchdata.DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
                                 collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer,
                                 pin_memory=pin_memory(cfg.MODEL.DEVICE))
 
@@ -207,6 +200,6 @@ def build_detection_test_loader(cfg, dataset_name: str, mapper=None, num_workers
     dicts = DatasetCatalog.get(dataset_name)
     dataset = MapDataset(dicts, mapper or DatasetMapper.from_config(cfg, is_train=False))
     workers = cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers
-    return torchdata.DataLoader(dataset, batch_size=1, sampler=InferenceSampler(len(dataset)), num_workers=workers,
+    return DataLoader(dataset, batch_size=1, sampler=InferenceSampler(len(dataset)), num_workers=workers,
                                 collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer,
                                 pin_memory=pin_memory(cfg.MODEL.DEVICE))

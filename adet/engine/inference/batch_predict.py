@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.utils.data as torchdata
 
-from adet.data.build import leave_stop_signals_to_the_trainer, pin_memory, trivial_batch_collator
+from adet.data.build import DataLoader, leave_stop_signals_to_the_trainer, pin_memory, trivial_batch_collator
 from adet.data.image_io import read_image
 from adet.engine.inference.predictor import DefaultPredictor, prepare_image
 from adet.errors import ImageReadError
@@ -54,7 +54,9 @@ class ImageFiles(torchdata.Dataset):
         except ImageReadError as e:
             return {"path": path, "skipped": str(e)}
         prepared = prepare_image(original, self.input_format, self.resize)
-        return {"path": path, "image": torch.from_numpy(np.ascontiguousarray(prepared.transpose(2, 0, 1))),
+        # numpy, not a tensor: it travels by value through the worker's pipe. A tensor would go as a file descriptor
+        # served by a thread of the worker, which prints a traceback when Ctrl-C ends the main process mid-handover.
+        return {"path": path, "image": np.ascontiguousarray(prepared.transpose(2, 0, 1)),
                 "height": original.shape[0], "width": original.shape[1],
                 "original": original if self.keep_original else None}
 
@@ -95,11 +97,11 @@ def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callabl
     runs in a writer thread, a batch behind the model, ``skip(path, reason)`` for unreadable files. Returns
     {"images", "seconds", "model_seconds"}."""
     # batch_size None: items one by one (the buckets batch them), untouched (the original stays a numpy array)
-    loader = torchdata.DataLoader(ImageFiles(paths, predictor, keep_original), batch_size=None,
+    loader = DataLoader(ImageFiles(paths, predictor, keep_original), batch_size=None,
                                   collate_fn=trivial_batch_collator, num_workers=num_workers,
                                   worker_init_fn=leave_signals_to_the_main_process,
-                                  prefetch_factor=max(2, batch_size) if num_workers else None,
-                                  pin_memory=pin_memory(str(predictor.model.device)))
+                                  prefetch_factor=max(2, batch_size) if num_workers else None)
+    pinned = pin_memory(str(predictor.model.device))
     buckets = SizeBuckets(batch_size, predictor.model.size_divisibility)
     start, model_seconds, pending = time.perf_counter(), 0.0, []
 
@@ -122,6 +124,9 @@ def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callabl
             if "skipped" in item:
                 skip(item["path"], item["skipped"])
                 continue
+            item["image"] = torch.from_numpy(item["image"])
+            if pinned:  # page-locked: its copy to the GPU overlaps the computation
+                item["image"] = item["image"].pin_memory()
             for batch in buckets.add(item):
                 run(batch)
         for batch in buckets.rest():
