@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import multiprocessing.util  # its exit hook is registered before ours, which must run first
 import os
 import signal
 import weakref
