@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import multiprocessing.util  # noqa: F401 - its exit hook is registered before ours, which must run first
 import os
 import signal
 import weakref
