@@ -171,11 +171,11 @@ def test_the_exit_hook_ends_only_our_own_loader_workers():
                "from adet.data import build\n"
                "def other(): signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)\n"
                "theirs = multiprocessing.Process(target=other, daemon=True); theirs.start()\n"
+               "time.sleep(0.5)\n"  # the other child ignores SIGTERM by now, as our workers do
                "init = build.leave_stop_signals_to_the_trainer\n"
                "running = iter(build.DataLoader(range(1000), num_workers=2, worker_init_fn=init)); next(running)\n"
                "starting = iter(build.DataLoader(range(1000), num_workers=2, worker_init_fn=init))\n"
                "build._end_workers_left_running()\n"  # at once: the second loader's workers are still starting
-               "time.sleep(0.5)\n"  # the other child has set its handler by now
                "ours = running._workers + starting._workers\n"
                "for w in ours: w.join(10)\n"
                "print([w.is_alive() for w in ours], theirs.is_alive())\n"

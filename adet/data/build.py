@@ -180,8 +180,8 @@ def build_detection_train_loader(cfg, mapper=None, *, seed: int | None = None, s
                                    start_iter)
     dataset = MapDataset(dicts, mapper or DatasetMapper.from_config(cfg, is_train=True), seed)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                                collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer,
-                                pin_memory=pin_memory(cfg.MODEL.DEVICE))
+                      collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer,
+                      pin_memory=pin_memory(cfg.MODEL.DEVICE))
 
 
 def position_train_loader(loader, seed: int, start_iter: int) -> bool:
@@ -201,5 +201,5 @@ def build_detection_test_loader(cfg, dataset_name: str, mapper=None, num_workers
     dataset = MapDataset(dicts, mapper or DatasetMapper.from_config(cfg, is_train=False))
     workers = cfg.DATALOADER.NUM_WORKERS if num_workers is None else num_workers
     return DataLoader(dataset, batch_size=1, sampler=InferenceSampler(len(dataset)), num_workers=workers,
-                                collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer,
-                                pin_memory=pin_memory(cfg.MODEL.DEVICE))
+                      collate_fn=trivial_batch_collator, worker_init_fn=leave_stop_signals_to_the_trainer,
+                      pin_memory=pin_memory(cfg.MODEL.DEVICE))

@@ -98,9 +98,9 @@ def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callabl
     {"images", "seconds", "model_seconds"}."""
     # batch_size None: items one by one (the buckets batch them), untouched (the original stays a numpy array)
     loader = DataLoader(ImageFiles(paths, predictor, keep_original), batch_size=None,
-                                  collate_fn=trivial_batch_collator, num_workers=num_workers,
-                                  worker_init_fn=leave_signals_to_the_main_process,
-                                  prefetch_factor=max(2, batch_size) if num_workers else None)
+                        collate_fn=trivial_batch_collator, num_workers=num_workers,
+                        worker_init_fn=leave_signals_to_the_main_process,
+                        prefetch_factor=max(2, batch_size) if num_workers else None)
     pinned = pin_memory(str(predictor.model.device))
     buckets = SizeBuckets(batch_size, predictor.model.size_divisibility)
     start, model_seconds, pending = time.perf_counter(), 0.0, []
