@@ -30,11 +30,13 @@ from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, read_image
 from adet.engine import DefaultPredictor
 from adet.engine.evaluate import single_dataset_results
+from adet.engine.inference.sliced import slice_overrides, sliced
 from adet.engine.training.hooks import Callbacks
 from adet.evaluation import instances_to_coco_json
 from adet.export import ONNXPredictor
 from adet.model_zoo import resolve_config
-from adet.structures import Instances
+from adet.structures import Instances, LocalMasks
+from adet.structures.masks import mask_to_polygons
 from adet.utils.visualizer import class_label, draw_instance_predictions
 
 
@@ -52,8 +54,9 @@ class Prediction:
 
     Attributes: ``boxes`` (N, 4) float32 XYXY, ``scores`` (N,) (sqrt(class x centerness) probabilities),
     ``class_ids`` (N,) contiguous 0..K-1, ``class_names`` (N names), ``category_ids`` (N,) the dataset's ids (COCO ids
-    for COCO models), ``masks`` (N, H, W) bool, ``polygons`` (per instance, a list of flat [x0, y0, x1, y1, ...]
-    outlines), ``instances`` (the model's Instances), ``image`` (the input as BGR uint8).
+    for COCO models), ``masks`` (N, H, W) bool (pasted when read; ``local_masks`` holds them as crops), ``polygons``
+    (per instance, a list of flat [x0, y0, x1, y1, ...] outlines on the pixels' edges), ``instances`` (the model's
+    Instances), ``image`` (the input as BGR uint8).
     """
 
     def __init__(self, instances: Instances, image_bgr: np.ndarray, class_names: list[str] | None,
@@ -64,8 +67,6 @@ class Prediction:
         self.boxes = instances.pred_boxes.tensor.numpy().astype(np.float32)
         self.scores = instances.scores.numpy().astype(np.float32)
         self.class_ids = instances.pred_classes.numpy().astype(np.int64)
-        self.masks = instances.pred_masks.numpy().astype(bool) if instances.has("pred_masks") else np.zeros(
-            (len(self.scores), *image_bgr.shape[:2]), bool)
         self._all_names = class_names
         self._all_ids = category_ids
         self._polygons: list[list[list[float]]] | None = None
@@ -87,9 +88,25 @@ class Prediction:
         return np.array([self._all_ids[c] for c in self.class_ids], dtype=np.int64)
 
     @property
+    def masks(self) -> np.ndarray:
+        """(N, H, W) bool full-size masks (pasted from their crops when first read)."""
+        if not self.instances.has("pred_masks"):
+            return np.zeros((len(self), *self.instances.image_size), bool)
+        return self.instances.pred_masks.numpy().astype(bool, copy=False)
+
+    @property
+    def local_masks(self) -> LocalMasks:
+        """The masks as crops plus offsets (what the outlines, the RLEs and drawing use)."""
+        if not self.instances.has("pred_masks"):
+            return LocalMasks([], [], self.instances.image_size)
+        return LocalMasks.of(self.instances)
+
+    @property
     def polygons(self) -> list[list[list[float]]]:
+        """Per instance, its outer outlines on the pixels' edges (rasterised back, they give the mask)."""
         if self._polygons is None:
-            self._polygons = [mask_to_polygons(m) for m in self.masks]
+            self._polygons = [mask_to_polygons(crop, (top, left)) for crop, top, left in
+                              self.local_masks.numpy_crops()]
         return self._polygons
 
     def to_json(self, image_id: int | str | None = None) -> list[dict]:
@@ -121,7 +138,8 @@ class Model:
 
     ``image``: a file path, a PIL image, or an (H, W, 3) uint8 array whose channel order ``format`` states ("BGR", as
     cv2 reads, by default; "RGB" as PIL and matplotlib use). Built from a config (run by PyTorch) or from a
-    DefaultPredictor-like backend, e.g. an :class:`adet.export.ONNXPredictor`. ``min_score`` drops detections
+    backend of the inference contract (``adet/engine/inference/backend.py``), e.g. an
+    :class:`adet.export.ONNXPredictor`. ``min_score`` drops detections
     scoring lower (applied to the backend's output; the PyTorch backend can also take it as its threshold).
     """
 
@@ -175,24 +193,27 @@ class Model:
 
     def predict(self, image, format: str = "BGR") -> Prediction:
         bgr, source = as_bgr(image, format)
-        instances = self.predictor(bgr)["instances"].to("cpu")
+        instances = self.predictor.predict_batch([self.predictor.preprocess(bgr)])[0].to("cpu")
         if self.min_score > 0:
             instances = instances[instances.scores >= self.min_score]
         return Prediction(instances, bgr, self.class_names, self.category_ids, source)
 
 
 def load(weights: str, config: str | None = None, device: str | None = None, confidence: float | None = None,
-         overrides: Sequence[Any] = ()) -> Model:
+         overrides: Sequence[Any] = (), slice: tuple[int, int] | None = None, overlap: float | None = None) -> Model:
     """A :class:`Model` for a checkpoint (its own config, or ``config``: a file or packaged name), or for an
     exported ``.onnx`` file (run by ONNX Runtime; ``config`` and ``overrides`` do not apply to it).
     ``confidence``: keep detections whose score is at least this (default: the config's 0.05 on class x centerness,
-    i.e. scores from 0.22)."""
+    i.e. scores from 0.22). ``slice`` (h, w): predict in overlapping tiles of that size (``overlap`` a fraction of a
+    tile, default TEST.SLICE.OVERLAP), for images much larger than the model's input; the same as the overrides
+    TEST.SLICE.ENABLED True TEST.SLICE.SIZE (h, w)."""
+    slicing = slice_overrides(slice, overlap) if slice is not None else []
     if str(weights).endswith(".onnx"):
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
-        return Model(ONNXPredictor(str(weights), providers), min_score=confidence or 0.0)
+        return Model(sliced(ONNXPredictor(str(weights), providers), slicing), min_score=confidence or 0.0)
     if str(weights).endswith((".yaml", ".yml")) and config is None:  # a config alone: its (untrained) model
         weights, config = "", str(weights)
-    cfg = load_config(weights, config, overrides, device)
+    cfg = load_config(weights, config, [*overrides, *slicing], device)
     if confidence is None:
         return Model(cfg)
     cfg.defrost()
@@ -212,14 +233,6 @@ def as_bgr(image, format: str = "BGR") -> tuple[np.ndarray, str]:
         image = as_color_uint8(image)
         return (np.ascontiguousarray(image[:, :, ::-1]) if format == "RGB" else image), ""
     raise TypeError(f"expected a file path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
-
-
-def mask_to_polygons(mask: np.ndarray) -> list[list[float]]:
-    """Outer outlines of a bool mask as flat [x0, y0, x1, y1, ...] lists in continuous pixel coordinates, each of at
-    least 3 points. They run through the centres of the border pixels (index + 0.5, COCO's convention, as
-    detectron2 converts masks), so a polygon drawn back covers about half a pixel less on each side."""
-    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
-    return [(c.reshape(-1).astype(np.float64) + 0.5).tolist() for c in contours if len(c) >= 3]
 
 
 def image_id_from_name(path: str) -> int | str:

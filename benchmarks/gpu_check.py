@@ -306,7 +306,7 @@ def run_predict(report: Report, device: str, quick: bool, work: Workspace) -> No
         found = {}
 
         def keep(item, instances, found=found):
-            found[item["path"]] = (instances.scores.numpy(), instances.pred_boxes.tensor.numpy())
+            found[item.path] = (instances.scores.numpy(), instances.pred_boxes.tensor.numpy())
 
         timing = predict_files(predictor, paths, keep, lambda path, reason: None, batch_size=batch_size,
                                num_workers=2, keep_original=False)

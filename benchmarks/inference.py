@@ -52,7 +52,8 @@ def export_graphs(weights: str, config_file: str, images: str, input_size: str, 
     float_path, int8_path = os.path.join(folder, "model.onnx"), os.path.join(folder, "model.int8.onnx")
     export.main(["--weights", weights, "--config-file", config_file, "--output", float_path, "--no-check"])
     predictor = ONNXPredictor(float_path)
-    inputs = [predictor.preprocess(image)[:2] for image in benchmark.load_images(images, input_size)]
+    inputs = [predictor.network_input(predictor.preprocess(image))
+              for image in benchmark.load_images(images, input_size)]
     report = quantize_int8(float_path, int8_path, inputs)
     print(f"int8 graph calibrated on {report['images']} images in {report['seconds']:.0f} s")
     return ["--onnx", float_path, "--int8-onnx", int8_path]

@@ -3,7 +3,7 @@
 (GRID x GRID cells of 128x160), scored with the COCO protocol both ways, plus the objects found twice.
 
     embedmask quickstart                         # trains models/EmbedMask_synthetic.pth (once)
-    python benchmarks/sliced_mosaic.py           # 4x4 mosaics (512x640), tiles of 128x160 overlapping by 25%
+    python benchmarks/sliced_mosaic.py           # 4x4 mosaics (512x640), tiles of 128x160 overlapping by 0.2 to 0.5
 
 The model's test size (128) shrinks a whole mosaic 4x, so its small objects vanish; tiles are seen at the size the
 model was trained at. The tiles (stride 96x120) are not aligned with the mosaic's cells: objects cross tile borders.
@@ -79,7 +79,8 @@ def main() -> None:
     parser.add_argument("--weights", default=os.path.join("models", "EmbedMask_synthetic.pth"))
     parser.add_argument("--grid", type=int, default=4)
     parser.add_argument("--mosaics", type=int, default=6)
-    parser.add_argument("--overlap", type=float, default=0.25)
+    parser.add_argument("--overlap", type=float, nargs="+", default=[0.2, 0.25, 0.35, 0.5],
+                        help="the overlaps to compare (the default TEST.SLICE.OVERLAP was chosen from this table)")
     args = parser.parse_args()
     if not os.path.isfile(args.weights):
         raise SystemExit(f"{args.weights} is missing: run `embedmask quickstart` first (it trains that model)")
@@ -95,18 +96,17 @@ def main() -> None:
         json_file, images = compose(folder, args.grid, args.mosaics)
         register_coco_instances("mosaics", {}, json_file, images)
         rows = []
-        for name, overrides in [
-            ("whole image", []),
-            ("tiles = the mosaic's cells (reference: each cell alone)", [
-                "TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160), "TEST.SLICE.OVERLAP", 0.0,
-                "TEST.SLICE.FULL_IMAGE", False]),
-            ("sliced, tiles 128x160", ["TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160),
-                                       "TEST.SLICE.OVERLAP", args.overlap, "TEST.SLICE.FULL_IMAGE", False]),
-            ("sliced + whole-image pass", ["TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160),
-                                           "TEST.SLICE.OVERLAP", args.overlap]),
-        ]:
-            cfg = load_config(args.weights, None, ["DATASETS.TEST", ("mosaics",), "OUTPUT_DIR",
-                                                   os.path.join(folder, name.replace(" ", "_")), *overrides], "cpu")
+        runs = [("whole image", []), ("tiles = the mosaic's cells (reference: each cell alone)", [
+            "TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160), "TEST.SLICE.OVERLAP", 0.0,
+            "TEST.SLICE.FULL_IMAGE", False])]
+        for overlap in args.overlap:
+            tiles = ["TEST.SLICE.ENABLED", True, "TEST.SLICE.SIZE", (128, 160), "TEST.SLICE.OVERLAP", overlap]
+            runs += [(f"sliced, tiles 128x160, overlap {overlap}", [*tiles, "TEST.SLICE.FULL_IMAGE", False]),
+                     (f"sliced + whole-image pass, overlap {overlap}", [*tiles, "TEST.SLICE.FULL_IMAGE", True])]
+        for name, overrides in runs:
+            output_dir = os.path.join(folder, f"run{len(rows)}")
+            cfg = load_config(args.weights, None, ["DATASETS.TEST", ("mosaics",), "OUTPUT_DIR", output_dir,
+                                                   *overrides], "cpu")
             model = build_model(cfg)
             DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
             start = time.perf_counter()
@@ -117,7 +117,7 @@ def main() -> None:
             rows.append((name, results["bbox"], results["segm"], duplicates(predictions, json_file), seconds))
         size = f"{128 * args.grid}x{160 * args.grid}"
         print(f"\n{args.mosaics} mosaics of {args.grid}x{args.grid} synthetic_val images ({size}), model "
-              f"{args.weights}, overlap {args.overlap}")
+              f"{args.weights}")
         print("| inference | bbox AP | bbox APs | segm AP | segm APs | segm AP50 | objects found twice | s/image |")
         print("|---|---|---|---|---|---|---|---|")
         for name, bbox, segm, twice, seconds in rows:

@@ -50,7 +50,7 @@ def test_resolved_official_config_matches_ours_and_loads_silently(caplog):
     cfg.merge_from_file(os.path.join(CONFIGS, "MS_R_50_1x.yaml"))
     ours = _flat(yaml.safe_load(cfg.dump()))
     own = {"DETERMINISTIC", "DIST_TIMEOUT", "MODEL.INFERENCE_DTYPE", "SOLVER.AMP.PRECISION"} | {
-        f"TEST.SLICE.{k}" for k in ("ENABLED", "SIZE", "OVERLAP", "FULL_IMAGE", "MATCH_THRESHOLD")}
+        f"TEST.SLICE.{k}" for k in ("ENABLED", "SIZE", "OVERLAP", "FULL_IMAGE", "MATCH_THRESHOLD", "BATCH_SIZE")}
     assert set(ours) - set(official) == own  # ours (README)
     for key in own:
         ours.pop(key)

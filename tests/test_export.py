@@ -111,6 +111,17 @@ def test_predict_and_python_api_run_the_onnx_file(exported, tmp_path):
         assert abs(a["score"] - b["score"]) < 1e-5
     result = adet.load(path, confidence=0.3)(str(images / "000000000001.png"))
     assert len(result) > 0 and set(result.category_ids) <= {5, 9} and (result.scores >= 0.3).all()
+    # Sliced, both runtimes: the same tiles, the same merge, the same results (and not the unsliced ones).
+    for label, source in (("onnx", ["--onnx", path]), ("torch", ["--weights", weights, "--device", "cpu"])):
+        assert embedmask(["predict", *source, "--input", str(images), "--json", str(tmp_path / f"{label}_sliced.json"),
+                          "--confidence-threshold", "0.3", "--slice", "48", "64", "--overlap", "0.5"]) == 0
+    onnx_sliced, torch_sliced = (json.loads((tmp_path / f"{label}_sliced.json").read_text()) for label in
+                                 ("onnx", "torch"))
+    assert len(onnx_sliced) == len(torch_sliced) > 0 and onnx_sliced != onnx_results
+    assert [a["segmentation"] for a in onnx_sliced] == [b["segmentation"] for b in torch_sliced]
+    sliced_result = adet.load(path, confidence=0.3, slice=(48, 64), overlap=0.5)(str(images / "000000000001.png"))
+    expected = [r for r in onnx_sliced if r["image_id"] == 1]
+    assert [r["segmentation"] for r in sliced_result.to_json()] == [r["segmentation"] for r in expected]
     assert embedmask(["predict", "--onnx", path, "--weights", weights, "--input", str(images)]) == 2
 
 

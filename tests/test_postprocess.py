@@ -9,7 +9,7 @@ from adet.modeling.embedmask.postprocess import mask_factors, mask_operators, pa
 def paste(probs, crop, out_size, threshold):
     """The masks of (P, 13, 19) stride-8 probabilities of a 104 x 152 padded input whose image is ``crop``."""
     rows, cols = mask_operators(probs.shape[-2:], (104, 152), crop, out_size, 4, probs.device)
-    return paste_masks(probs, rows, cols, threshold)
+    return paste_masks(probs, rows, cols, threshold).to_tensor()
 
 
 def official_chain(probs, crop, out_size):

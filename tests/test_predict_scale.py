@@ -16,7 +16,8 @@ import pytest
 import torch
 
 from adet.cli import main as embedmask
-from adet.engine.inference.batch_predict import SizeBuckets
+from adet.engine.inference.backend import ImageInput
+from adet.engine.inference.batch_predict import ImageFile, SizeBuckets
 from adet.engine.inference.prediction_shards import DoneIndex, ShardWriter, assemble_json, repair_shards
 from adet.errors import InputError
 from adet.modeling import build_model
@@ -125,15 +126,15 @@ def test_batch_size_one_is_the_one_image_path_and_larger_batches_round_only(setu
 
 
 def test_size_buckets_batch_one_padded_size_and_hold_few_images():
-    item = lambda h, w: {"image": torch.zeros(3, h, w)}  # noqa: E731
+    item = lambda h, w: ImageFile(f"{h}x{w}.jpg", ImageInput(np.zeros((3, h, w), np.uint8), h, w))  # noqa: E731
     buckets = SizeBuckets(batch_size=2, size_divisibility=32)
     assert buckets.add(item(96, 128)) == [] and buckets.add(item(120, 100)) == []
     ready = buckets.add(item(90, 110))  # pads to 96 x 128 as the first one: a full batch
-    assert [[x["image"].shape[1:] for x in batch] for batch in ready] == [[(96, 128), (90, 110)]]
+    assert [[x.input.image.shape[1:] for x in batch] for batch in ready] == [[(96, 128), (90, 110)]]
     assert buckets.add(item(64, 64)) == [] and buckets.add(item(200, 200)) == []
     assert buckets.add(item(300, 300)) == []
     (batch,) = buckets.add(item(330, 330))  # more than 2 batches' worth waiting: the fullest (first) goes
-    assert [x["image"].shape[1:] for x in batch] == [(120, 100)]
+    assert [x.input.image.shape[1:] for x in batch] == [(120, 100)]
     assert sum(len(b) for b in buckets.rest()) == 4 and buckets.rest() == []
 
 

@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from adet.engine import DefaultPredictor
+from adet.engine.inference import sliced as slicing
+from adet.engine.inference.backend import ModelBackend
 from adet.engine.inference.sliced import LocalDetection, merge, predict_sliced, tile_windows, to_coco, to_instances
+from adet.engine.inference.tta import EmbedMaskWithTTA
 from adet.structures.rle import encode_local_mask
 
 from .conftest import make_tiny_cfg, shapes_image
@@ -70,15 +73,21 @@ def test_an_object_across_a_tile_border_becomes_one_instance_and_neighbours_stay
     assert np.array_equal(full, whole.within((0, 0, 100, 200))) and records[0]["bbox"][2:] == [61, 61]
 
 
-def test_a_single_tile_is_the_plain_prediction(tmp_path):
+def tiny_weights(folder):
+    """A tiny model (its config carried by the checkpoint) that finds dozens of objects in a shapes image."""
     cfg = make_tiny_cfg("MODEL.FCOS.INFERENCE_TH_TEST", 0.0)
     torch.manual_seed(0)
     from adet.modeling import build_model
 
     state = build_model(cfg).state_dict()
     state["proposal_generator.fcos_head.cls_logits.bias"].normal_(0, 2, generator=torch.Generator().manual_seed(0))
-    torch.save({"model": state, "config": cfg.dump()}, tmp_path / "w.pth")
-    cfg.MODEL.WEIGHTS = str(tmp_path / "w.pth")
+    torch.save({"model": state, "config": cfg.dump()}, folder / "w.pth")
+    cfg.MODEL.WEIGHTS = str(folder / "w.pth")
+    return cfg
+
+
+def test_a_single_tile_is_the_plain_prediction(tmp_path):
+    cfg = tiny_weights(tmp_path)
     predictor = DefaultPredictor(cfg)
     image = shapes_image(96, 128, seed=3)[0]
     plain = predictor(image)["instances"]
@@ -91,3 +100,55 @@ def test_a_single_tile_is_the_plain_prediction(tmp_path):
     assert torch.allclose(sliced.pred_boxes.tensor, plain.pred_boxes.tensor[order])
     with pytest.raises(AssertionError):
         assert len(predict_sliced(predictor, image, (48, 64), overlap=0.5)) == len(plain)
+
+
+def test_slicing_is_the_same_from_the_config_the_python_api_and_the_function(tmp_path):
+    """TEST.SLICE in the config (DefaultPredictor), ``adet.load(..., slice=)`` and predict_sliced over the plain
+    backend give the same detections; with TEST.AUG too, each tile is test-time augmented."""
+    import adet
+
+    cfg = tiny_weights(tmp_path)
+    image = shapes_image(96, 128, seed=3)[0]
+    plain = DefaultPredictor(cfg)
+    expected = to_instances(predict_sliced(plain.backend, image, (48, 64), overlap=0.5), 96, 128)
+    cfg.merge_from_list(slicing.slice_overrides((48, 64), 0.5))
+    from_config = DefaultPredictor(cfg)(image)["instances"]
+    from_api = adet.load(str(tmp_path / "w.pth"), device="cpu", slice=(48, 64), overlap=0.5)(image)
+    assert len(expected) > len(plain(image)["instances"]) > 0  # a different result: tiles were predicted
+    for instances in (from_config, from_api.instances):
+        assert torch.equal(instances.scores, expected.scores) and torch.equal(instances.pred_masks,
+                                                                               expected.pred_masks)
+    assert from_api.masks.shape == (len(expected), 96, 128)
+    cfg.merge_from_list(["TEST.AUG.ENABLED", True, "TEST.AUG.MIN_SIZES", (80, 96), "TEST.AUG.FLIP", False])
+    augmented = DefaultPredictor(cfg)
+    assert isinstance(augmented.backend.backend, ModelBackend)
+    assert isinstance(augmented.backend.backend.inference_model, EmbedMaskWithTTA)
+    assert len(augmented(image)["instances"]) > 0
+
+
+def test_the_merge_compares_neighbours_only():
+    """A 20 x 20 grid of separate objects seen twice each (by two passes that both saw the whole image): every pair
+    merges, and the number of mask comparisons grows with the detections (a few per detection), not with their
+    square."""
+    windows = [(0, 0, 2000, 2000), (0, 0, 2001, 2000)]
+    detections = []
+    for row in range(20):
+        for col in range(20):
+            for window in windows:
+                d = LocalDetection(0.5 + 0.001 * (row * 20 + col), 0, row * 100 + 10, col * 100 + 10,
+                                   np.ones((60, 60), bool), [window], cut=False)
+                detections.append(d)
+    calls = []
+    original = slicing.same_object
+
+    def counted(a, b, threshold):
+        calls.append(1)
+        return original(a, b, threshold)
+
+    slicing.same_object = counted
+    try:
+        kept = merge(detections, cell=(200, 200))
+    finally:
+        slicing.same_object = original
+    assert len(kept) == 400 and all(len(d.windows) == 2 for d in kept)
+    assert 400 <= len(calls) <= 4 * len(detections)  # all 800 against all kept: ~80,000

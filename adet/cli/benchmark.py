@@ -70,7 +70,7 @@ def embedmask_runner(args, dtype: str = "float32"):
 
     def run(image):
         t0 = time.perf_counter()
-        inputs = [predictor.preprocess(image)]
+        inputs = [predictor.preprocess(image).as_model_input()]
         sync(args.device)
         t1 = time.perf_counter()
         with torch.inference_mode(), autocast(args):
@@ -94,7 +94,9 @@ def onnx_runner(args):
 
     def run(image):
         t0 = time.perf_counter()
-        padded, size, (height, width) = predictor.preprocess(image)
+        item = predictor.preprocess(image)
+        padded, size = predictor.network_input(item)
+        height, width = item.height, item.width
         t1 = time.perf_counter()
         detections = predictor.detections(padded, size)
         t2 = time.perf_counter()

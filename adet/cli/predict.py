@@ -21,6 +21,7 @@ from tqdm import tqdm
 from adet.api import Model, load_config
 from adet.config import set_score_threshold
 from adet.engine.distributed.launch import check_devices, launch, restart_count
+from adet.engine.inference.sliced import slice_overrides, sliced
 from adet.errors import InputError, PreflightError
 from adet.export import ONNXPredictor
 from adet.utils import comm
@@ -57,14 +58,15 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=0, metavar="N",
                         help="images per model call (default: 8 on a GPU, 4 on the CPU); a batch holds images of "
                              "one padded size: 1 gives the one-image detections bit for bit, more the same up to "
-                             "float rounding")
+                             "float rounding; with --slice: tiles per model call (default TEST.SLICE.BATCH_SIZE)")
     parser.add_argument("--workers", type=int, default=2, metavar="N",
                         help="loader processes reading and resizing images ahead of the model (default 2; 0: none)")
     parser.add_argument("--slice", type=int, nargs=2, default=None, metavar=("H", "W"),
                         help="sliced inference for large images: overlapping tiles of H x W pixels, each predicted "
                              "at its own resolution, the detections merged")
-    parser.add_argument("--overlap", type=float, default=0.2, help="with --slice: how much neighbouring tiles "
-                                                                     "overlap, a fraction of a tile (default 0.2)")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="with --slice: how much neighbouring tiles overlap, a fraction of a tile (default: "
+                             "TEST.SLICE.OVERLAP, 0.5)")
     parser.add_argument("--no-full-image", action="store_true",
                         help="with --slice: no extra pass over the whole image (for objects larger than a tile)")
     parser.add_argument("--resume", action="store_true",
@@ -172,15 +174,23 @@ def open_webcam(output: str):
     return capture, show
 
 
+def slicing(args: argparse.Namespace) -> list:
+    """The config overrides of --slice, --overlap, --no-full-image (and --batch-size: tiles per call)."""
+    if args.slice is None:
+        return []
+    return slice_overrides(args.slice, args.overlap, False if args.no_full_image else None, args.batch_size or None)
+
+
 def onnx_predictor(args: argparse.Namespace, overrides: list[str]):
-    """A Model running ``--onnx`` in ONNX Runtime; the score threshold applies to its output."""
+    """A Model running ``--onnx`` in ONNX Runtime (sliced with --slice); the score threshold applies to its
+    output."""
     if args.weights or args.config_file or overrides:
         raise PreflightError("--onnx: the exported file holds the model and its config; --weights, --config-file "
                              "and KEY VALUE overrides do not apply to it")
     if not os.path.isfile(args.onnx):
         raise InputError(f"--onnx {args.onnx}: no such file")
     providers = ["CPUExecutionProvider"] if args.device == "cpu" else None
-    return Model(ONNXPredictor(args.onnx, providers), min_score=args.confidence_threshold)
+    return Model(sliced(ONNXPredictor(args.onnx, providers), slicing(args)), min_score=args.confidence_threshold)
 
 
 def predict_config(args: argparse.Namespace, overrides: list[str]):
@@ -238,10 +248,13 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
     check.check_launch(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
     if args.batch_size < 0 or args.workers < 0:
         raise PreflightError("--batch-size and --workers must not be negative")
-    if args.slice is not None and (min(args.slice) <= 0 or not 0 <= args.overlap < 1 or args.onnx):
-        raise PreflightError("--slice H W needs positive tile sizes, --overlap in [0, 1) and a PyTorch model")
+    if args.slice is not None and (min(args.slice) <= 0 or not 0 <= (args.overlap or 0) < 1):
+        raise PreflightError(f"--slice {args.slice[0]} {args.slice[1]} --overlap {args.overlap}: tiles need a "
+                             "positive height and width, and the overlap is a fraction in [0, 1)")
+    if args.slice is None and (args.overlap is not None or args.no_full_image):
+        raise PreflightError("--overlap and --no-full-image set up --slice H W: pass it too")
     checked_onnx = onnx_predictor(args, overrides) if args.onnx else None  # checks the file and the options now
-    source = args.onnx or predict_config(args, overrides)
+    source = args.onnx or predict_config(args, overrides + slicing(args))
     if paths:
         use_cuda = not args.onnx and source.MODEL.DEVICE.startswith("cuda")
         if use_cuda:

@@ -15,11 +15,9 @@ import numpy as np
 from tqdm import tqdm
 
 from adet.api import Model, Prediction
-from adet.data.image_io import read_image
 from adet.engine.inference import prediction_shards as shards
-from adet.engine.inference import sliced
-from adet.engine.inference.batch_predict import default_batch_size, predict_files
-from adet.errors import ImageReadError
+from adet.engine.inference.batch_predict import ImageFile, default_batch_size, predict_files
+from adet.structures import Instances
 from adet.utils import comm
 
 from .results import JsonResults, output_path
@@ -38,7 +36,8 @@ def run_settings(cfg_or_onnx, args: argparse.Namespace) -> dict:
     """What the results depend on: the model by content (weights and config; not their paths), the threshold and
     the ground truth (not the device, batch size or number of processes)."""
     if isinstance(cfg_or_onnx, str):
-        model = {"onnx_sha256": shards.file_sha256(cfg_or_onnx)}
+        model = {"onnx_sha256": shards.file_sha256(cfg_or_onnx),
+                 "slice": [args.slice, args.overlap, args.no_full_image]}
     else:
         cfg = cfg_or_onnx.clone()
         cfg.defrost()
@@ -68,7 +67,7 @@ def remaining_images(folder: str, paths: list[str], model_source, args: argparse
     return remaining
 
 
-def predict_images(predictor: Model, args: argparse.Namespace, paths: list[str], model_source) -> dict:
+def predict_images(model: Model, args: argparse.Namespace, paths: list[str], model_source) -> dict:
     """This process's share of ``paths``; on the main process, once all are done, the --json. Returns counts.
     ``model_source``: the config, or the ONNX file (what the results folder records)."""
     folder = results_folder(args, len(paths))
@@ -81,40 +80,30 @@ def predict_images(predictor: Model, args: argparse.Namespace, paths: list[str],
     bar = tqdm(total=len(mine), unit="img", dynamic_ncols=True, disable=None if comm.is_main_process() else True)
     counts = {"images": len(mine), "skipped": 0}
 
-    def save(source: str, prediction: Prediction | None, reason: str = "", records: list[dict] | None = None
-             ) -> None:
+    def save(source: str, prediction: Prediction | None) -> None:
         if prediction is not None and args.output:
             prediction.save(output_path(args.output, source, len(paths)))
         if writer is not None:
-            if records is not None:  # sliced: contiguous class ids, no image id yet
-                records = json_results.map_records(records, source, predictor.class_names, predictor.category_ids)
-            elif prediction is not None:
-                records = json_results.records(prediction, source)
-            writer.write(source, records or [])
+            writer.write(source, json_results.records(prediction, source) if prediction is not None else [])
         bar.update(1)
 
-    def handle(item: dict, instances) -> None:
-        if predictor.min_score > 0:  # what the model's own threshold leaves (THRESH_WITH_CTR False)
-            instances = instances[instances.scores >= predictor.min_score]
-        image = item["original"] if item["original"] is not None else np.empty((item["height"], item["width"], 0),
-                                                                                 np.uint8)
-        save(item["path"], Prediction(instances, image, predictor.class_names, predictor.category_ids,
-                                      item["path"]))
+    def handle(item: ImageFile, instances: Instances) -> None:
+        if model.min_score > 0:  # what the model's own threshold leaves (THRESH_WITH_CTR False)
+            instances = instances[instances.scores >= model.min_score]
+        image = item.original if item.original is not None else np.empty((item.input.height, item.input.width, 0),
+                                                                          np.uint8)
+        save(item.path, Prediction(instances, image, model.class_names, model.category_ids, item.path))
 
     def skip(source: str, reason: str) -> None:
         counts["skipped"] += 1
         tqdm.write(f"skipped {reason}")
-        save(source, None, reason)
+        save(source, None)
 
+    # A sliced image is many model calls already (TEST.SLICE.BATCH_SIZE tiles each): one image at a time.
+    batch_size = 1 if model.cfg.TEST.SLICE.ENABLED else args.batch_size or default_batch_size(model.cfg.MODEL.DEVICE)
     try:
-        if args.slice:
-            timing = predict_sliced_files(predictor, args, mine, save, skip)
-        elif hasattr(predictor.predictor, "inference_model"):  # PyTorch: batched, prefetched
-            batch_size = args.batch_size or default_batch_size(predictor.cfg.MODEL.DEVICE)
-            timing = predict_files(predictor.predictor, mine, handle, skip, batch_size, args.workers,
-                                   keep_original=bool(args.output))
-        else:  # ONNX Runtime: one image at a time
-            timing = predict_one_by_one(predictor, mine, save, skip)
+        timing = predict_files(model.predictor, mine, handle, skip, batch_size, args.workers,
+                               keep_original=bool(args.output))
     finally:
         bar.close()
         if writer is not None:
@@ -126,32 +115,3 @@ def predict_images(predictor: Model, args: argparse.Namespace, paths: list[str],
         print(f"{counts['detections']} detections saved to {args.json}")
     return counts
 
-
-def predict_one_by_one(predictor: Model, paths: list[str], save, skip) -> dict:
-    for path in paths:
-        try:
-            prediction = predictor.predict(path)
-        except ImageReadError as e:
-            skip(path, str(e))
-            continue
-        save(path, prediction)
-    return {}
-
-
-def predict_sliced_files(predictor: Model, args: argparse.Namespace, paths: list[str], save, skip) -> dict:
-    """--slice H W: each image in overlapping tiles (``adet/engine/inference/sliced.py``)."""
-    for path in paths:
-        try:
-            image = read_image(path, "BGR")
-        except ImageReadError as e:
-            skip(path, str(e))
-            continue
-        detections = sliced.predict_sliced(predictor.predictor, image, tuple(args.slice), args.overlap,
-                                           not args.no_full_image, batch_size=args.batch_size or 4)
-        detections = [d for d in detections if d.score >= predictor.min_score]
-        # Drawing needs full-size masks; the results (--json, shards) are encoded from the crops.
-        save(path, Prediction(sliced.to_instances(detections, *image.shape[:2]) if args.output else
-                              sliced.to_instances([], *image.shape[:2]), image, predictor.class_names,
-                              predictor.category_ids, path),
-             records=sliced.to_coco(detections, None, *image.shape[:2]))
-    return {}

@@ -8,7 +8,6 @@ import os
 from adet.api import image_id_from_name
 from adet.checkpoint import atomic_write_text
 from adet.data.coco import read_coco_json
-from adet.utils.visualizer import class_label
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -42,18 +41,6 @@ class JsonResults:
         records = prediction.to_json(self.image_id(source))
         for record in records:
             record["category_id"] = self.category_ids_by_name.get(record["category_name"], record["category_id"])
-            record["file_name"] = source
-        return records
-
-    def map_records(self, records: list[dict], source: str, class_names: list[str] | None,
-                    category_ids: list[int] | None) -> list[dict]:
-        """Records with contiguous class ids (sliced inference) as :meth:`records` writes them."""
-        for record in records:
-            class_id = record["category_id"]
-            record["image_id"] = self.image_id(source)
-            record["category_name"] = class_label(class_id, class_names)
-            default = category_ids[class_id] if category_ids is not None else class_id
-            record["category_id"] = self.category_ids_by_name.get(record["category_name"], default)
             record["file_name"] = source
         return records
 

@@ -173,6 +173,7 @@ _C.TEST.SLICE.SIZE = (800, 800)
 _C.TEST.SLICE.OVERLAP = 0.2
 _C.TEST.SLICE.FULL_IMAGE = True  # also one pass over the whole image, for objects larger than a tile
 _C.TEST.SLICE.MATCH_THRESHOLD = 0.5  # intersection over the smaller mask, in the window both passes saw
+_C.TEST.SLICE.BATCH_SIZE = 4  # tiles per model call
 
 _C.OUTPUT_DIR = "./output"
 # < 0: a different random seed per run; >= 0: deterministic data order and initialisation.

@@ -11,7 +11,8 @@ import torch
 
 from adet.data import MetadataCatalog, build_detection_test_loader
 from adet.data.build import required_datasets
-from adet.engine.inference.sliced import SlicedModel
+from adet.engine.inference.backend import BackendAsModel, ModelBackend
+from adet.engine.inference.sliced import with_slicing
 from adet.engine.inference.tta import build_tta
 from adet.evaluation import COCOEvaluator, inference_on_dataset
 from adet.evaluation.confusion import confusion_matrix
@@ -75,10 +76,11 @@ def evaluate_datasets(cfg, model: torch.nn.Module, should_stop: Callable[[], boo
     if evaluators is not None and len(evaluators) != len(names):
         raise ValueError(f"{len(evaluators)} evaluators for the {len(names)} datasets of DATASETS.TEST {list(names)}")
     results = {}
-    if cfg.TEST.SLICE.ENABLED:
-        model = SlicedModel(cfg, model)
-        logger.info("Sliced inference: tiles of %s pixels overlapping by %.0f%%%s", tuple(cfg.TEST.SLICE.SIZE),
-                    cfg.TEST.SLICE.OVERLAP * 100, ", plus the whole image" if cfg.TEST.SLICE.FULL_IMAGE else "")
+    if cfg.TEST.SLICE.ENABLED:  # each tile test-time augmented too under TEST.AUG
+        model = BackendAsModel(with_slicing(ModelBackend(cfg, model), cfg.TEST.SLICE), model)
+        logger.info("Sliced inference: tiles of %s pixels overlapping by %.0f%%%s%s", tuple(cfg.TEST.SLICE.SIZE),
+                    cfg.TEST.SLICE.OVERLAP * 100, ", plus the whole image" if cfg.TEST.SLICE.FULL_IMAGE else "",
+                    ", each test-time augmented" if cfg.TEST.AUG.ENABLED else "")
     elif cfg.TEST.AUG.ENABLED:
         model = build_tta(cfg, model)
         logger.info("Test-time augmentation: scales %s (longest side <= %d)%s", list(cfg.TEST.AUG.MIN_SIZES),

@@ -24,8 +24,7 @@ from pycocotools.cocoeval import COCOeval
 from adet.data.catalog import DatasetCatalog, MetadataCatalog
 from adet.data.validation import load_coco, validate_coco
 from adet.errors import ConfigError
-from adet.structures import Instances, xywh_box
-from adet.structures.rle import encode_masks
+from adet.structures import Instances, LocalMasks, xywh_box
 from adet.utils.comm import all_gather, is_main_process
 
 logger = logging.getLogger(__name__)
@@ -69,7 +68,7 @@ def instances_to_coco_json(instances: Instances, image_id: int) -> list[dict]:
     boxes[:, 2:] -= boxes[:, :2]
     scores = instances.scores.tolist()
     classes = instances.pred_classes.tolist()
-    rles = encode_masks(instances.pred_masks.numpy()) if instances.has("pred_masks") else None
+    rles = LocalMasks.of(instances).encode_rle() if instances.has("pred_masks") else None  # from the crops
     results = []
     for k in range(len(instances)):
         result = {"image_id": image_id, "category_id": classes[k], "bbox": boxes[k].tolist(), "score": scores[k]}

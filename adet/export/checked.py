@@ -51,7 +51,7 @@ def export_model(cfg: CfgNode, output: str, opset: int = 18, sample: np.ndarray 
 def dataset_inputs(predictor: ONNXPredictor, dataset: str, limit: int):
     """(padded network input, size) of the first ``limit`` images of ``dataset``, read one at a time."""
     for record in DatasetCatalog.get(dataset)[:limit]:
-        yield predictor.preprocess(read_image(record["file_name"]))[:2]
+        yield predictor.network_input(predictor.preprocess(read_image(record["file_name"])))
 
 
 def onnx_ap(path: str, dataset: str) -> dict[str, float]:

@@ -1,15 +1,16 @@
-"""``ONNXPredictor``: an exported EmbedMask run by ONNX Runtime, called as :class:`adet.engine.DefaultPredictor`."""
+"""``ONNXPredictor``: an exported EmbedMask run by ONNX Runtime, called as :class:`adet.engine.DefaultPredictor`, and
+a backend of the inference contract (``adet/engine/inference/backend.py``)."""
 
 from __future__ import annotations
 
 import json
+from typing import Sequence
 
 import numpy as np
 import torch
 
 from adet.config import CfgNode
-from adet.data.image_io import as_color_uint8
-from adet.engine.inference.predictor import prepare_image, resize_for_test
+from adet.engine.inference.backend import ImageInput, image_input, resize_for_test
 from adet.errors import WeightFileError
 from adet.modeling.embedmask.postprocess import postprocess
 from adet.structures import Boxes, Instances
@@ -54,11 +55,14 @@ class ONNXPredictor:
         self.aug = resize_for_test(self.cfg)
         self.input_format = self.cfg.INPUT.FORMAT
 
-    def preprocess(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int], tuple[int, int]]:
-        """(padded network input, its unpadded size, the original size) of one image."""
-        image = as_color_uint8(image)
-        padded, size = padded_input(prepare_image(image, self.input_format, self.aug), self.size_divisibility)
-        return padded, size, image.shape[:2]
+    def preprocess(self, image: np.ndarray) -> ImageInput:
+        """One BGR image as the graph takes it (resized, in the model's channel order) plus the original size."""
+        return image_input(image, self.input_format, self.aug)
+
+    def network_input(self, item: ImageInput) -> tuple[np.ndarray, tuple[int, int]]:
+        """(padded (H_pad, W_pad, 3) network input, its unpadded size) of a preprocessed image."""
+        image = item.image.numpy() if isinstance(item.image, torch.Tensor) else item.image
+        return padded_input(np.ascontiguousarray(image.transpose(1, 2, 0)), self.size_divisibility)
 
     def detections(self, padded: np.ndarray, size: tuple[int, int]) -> Instances:
         """The graph's detections at network resolution, with ``mask_probs``, as the model's own."""
@@ -70,8 +74,14 @@ class ONNXPredictor:
         """The graph's outputs (boxes, scores, classes, mask_probs) for a padded network input."""
         return self.session.run(None, {INPUT_NAMES[0]: padded, INPUT_NAMES[1]: np.asarray(size, dtype=np.int64)})
 
+    def predict_batch(self, batch: Sequence[ImageInput]) -> list[Instances]:
+        """The detections of each input in its original pixels (the graph runs one image at a time)."""
+        embedmask, results = self.cfg.MODEL.EMBEDMASK, []
+        for item in batch:
+            padded, size = self.network_input(item)
+            results.append(postprocess(self.detections(padded, size), item.height, item.width, padded.shape[:2],
+                                       embedmask.MASK_TH, embedmask.MASK_OUT_STRIDE))
+        return results
+
     def __call__(self, original_image: np.ndarray) -> dict[str, Instances]:
-        padded, size, (height, width) = self.preprocess(original_image)
-        embedmask = self.cfg.MODEL.EMBEDMASK
-        return {"instances": postprocess(self.detections(padded, size), height, width, padded.shape[:2],
-                                         embedmask.MASK_TH, embedmask.MASK_OUT_STRIDE)}
+        return {"instances": self.predict_batch([self.preprocess(original_image)])[0]}

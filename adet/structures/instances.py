@@ -7,12 +7,15 @@ from typing import Any
 
 import torch
 
+from adet.structures.local_masks import LocalMasks
+
 
 class Instances:
     """Fields of equal length N describing the instances of one image of size ``image_size = (height, width)``.
 
     Fields are set and read as attributes (``inst.scores = ...``). Indexing with an int, slice, bool mask or index
-    tensor indexes every field; ``len(inst)`` is N.
+    tensor indexes every field; ``len(inst)`` is N. A :class:`LocalMasks` field (crops plus offsets) reads as its
+    full-size (N, H, W) tensor; :meth:`get_fields` gives the stored values themselves.
     """
 
     def __init__(self, image_size: tuple[int, int], **fields: Any):
@@ -34,7 +37,7 @@ class Instances:
     def __getattr__(self, name: str) -> Any:
         if name == "_fields" or name not in self._fields:
             raise AttributeError(f"Cannot find field '{name}' in the given Instances!")
-        return self._fields[name]
+        return self.get(name)
 
     def set(self, name: str, value: Any) -> None:
         if self._fields:
@@ -50,7 +53,8 @@ class Instances:
         del self._fields[name]
 
     def get(self, name: str) -> Any:
-        return self._fields[name]
+        value = self._fields[name]
+        return value.to_tensor() if isinstance(value, LocalMasks) else value
 
     def get_fields(self) -> dict[str, Any]:
         return self._fields
@@ -93,7 +97,7 @@ class Instances:
             raise ValueError("Instances.cat needs Instances of one image size")
         out = Instances(image_size)
         for name, first in instance_lists[0]._fields.items():
-            values = [i.get(name) for i in instance_lists]
+            values = [i._fields[name] for i in instance_lists]
             if isinstance(first, torch.Tensor):
                 merged = torch.cat(values, dim=0)
             elif isinstance(first, list):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
@@ -164,3 +165,51 @@ class BitMasks:
     @staticmethod
     def cat(masks_list: list[BitMasks]) -> BitMasks:
         return BitMasks(torch.cat([m.tensor for m in masks_list], dim=0))
+
+
+def mask_to_polygons(mask: np.ndarray, offset: tuple[int, int] = (0, 0)) -> list[list[float]]:
+    """Outer outlines of a bool mask as flat [x0, y0, x1, y1, ...] lists in continuous pixel coordinates (pixel
+    (row r, column c) covers [c, c + 1) x [r, r + 1)), each of at least 3 points; ``offset`` (top, left) places a
+    crop in its image. The outlines follow the pixels' outer edges, not their centres, so a polygon rasterised back
+    (pycocotools, cv2.fillPoly) gives the mask again: straight borders exactly, 45-degree staircases by the line
+    that keeps their area.
+
+    OpenCV traces the border pixels' centres (8 directions between them); each edge of that trace is moved out by
+    the half pixel the centre line leaves outside: 0.5 for a horizontal or vertical edge, 0.5 / sqrt(2) for a
+    diagonal, with corners where neighbouring moved edges meet and a half-pixel cap where the trace turns back (a
+    one-pixel-wide line or spur)."""
+    contours, _ = cv2.findContours(np.ascontiguousarray(mask, dtype=np.uint8), cv2.RETR_EXTERNAL,
+                                   cv2.CHAIN_APPROX_SIMPLE)
+    top, left = offset
+    polygons = []
+    for contour in contours:
+        centres = contour.reshape(-1, 2).astype(np.float64) + 0.5  # (x, y) of border pixel centres
+        outline = _outline_around(centres) + (left, top)
+        polygons.append(outline.reshape(-1).tolist())
+    return polygons
+
+
+def _outline_around(centres: np.ndarray) -> np.ndarray:
+    """(K, 2) corners of the outline of the pixels whose centres an OpenCV outer contour visits, in order."""
+    if len(centres) == 1:
+        x, y = centres[0]
+        return np.array([[x - 0.5, y - 0.5], [x + 0.5, y - 0.5], [x + 0.5, y + 0.5], [x - 0.5, y + 0.5]])
+    directions = np.roll(centres, -1, axis=0) - centres  # edge k: centres[k] -> centres[k + 1]
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    # OpenCV runs outer contours clockwise on screen (y down): the outside is on the left of each edge.
+    normals = np.stack([-directions[:, 1], directions[:, 0]], axis=1)
+    distances = 0.5 * np.abs(normals).max(axis=1)  # 0.5 straight, 0.5 / sqrt(2) diagonal
+    corners = []
+    for k in range(len(centres)):
+        before, after = k - 1, k  # the edges ending and starting at centres[k]
+        n1, n2 = normals[before], normals[after]
+        det = n1[0] * n2[1] - n1[1] * n2[0]
+        if abs(det) > 1e-9:  # where the two moved edges meet
+            c1, c2 = n1 @ centres[k] + distances[before], n2 @ centres[k] + distances[after]
+            corners.append(np.linalg.solve(np.stack([n1, n2]), [c1, c2]))
+        elif n1 @ n2 < 0:  # the trace turns back: cap the end half a pixel beyond the centre
+            cap = centres[k] + directions[before] * 0.5
+            corners += [cap + n1 * distances[before], cap + n2 * distances[after]]
+        else:  # straight on (not produced by CHAIN_APPROX_SIMPLE, but harmless)
+            corners.append(centres[k] + n1 * distances[before])
+    return np.array(corners)

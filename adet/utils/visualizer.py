@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 
-from adet.structures import Instances, segmentation_to_rle, xywh_box
+from adet.structures import Instances, LocalMasks, segmentation_to_rle, xywh_box
 
 
 def class_color(class_id: int) -> tuple[int, int, int]:
@@ -47,12 +47,20 @@ def place_label(box: tuple[int, int, int, int], size: tuple[int, int], image_siz
     return x, y, x + w, y + h
 
 
-def draw_instances(image_bgr: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray, masks: np.ndarray | None = None,
-                   scores: np.ndarray | None = None, class_names: list[str] | None = None,
-                   alpha: float = 0.5) -> np.ndarray:
+def _mask_crops(masks: np.ndarray | LocalMasks) -> list[tuple[np.ndarray, int, int]]:
+    """(crop, top, left) per mask: LocalMasks' own crops, a full-size mask as its own crop at (0, 0)."""
+    if isinstance(masks, LocalMasks):
+        return masks.numpy_crops()
+    return [(np.asarray(mask).astype(bool, copy=False), 0, 0) for mask in masks]
+
+
+def draw_instances(image_bgr: np.ndarray, boxes: np.ndarray, class_ids: np.ndarray,
+                   masks: np.ndarray | LocalMasks | None = None, scores: np.ndarray | None = None,
+                   class_names: list[str] | None = None, alpha: float = 0.5) -> np.ndarray:
     """A copy of ``image_bgr`` (H, W, 3 uint8) with N instances drawn: ``boxes`` (N, 4) XYXY, ``class_ids`` (N,),
-    ``masks`` (N, H, W) bool or None, ``scores`` (N,) or None (ground truth). Masks and boxes go from the lowest
-    score up (the best on top), then labels from the highest score down (the best in the best place)."""
+    ``masks`` (N, H, W) bool, :class:`LocalMasks` (drawn from their crops) or None, ``scores`` (N,) or None
+    (ground truth). Masks and boxes go from the lowest score up (the best on top), then labels from the highest
+    score down (the best in the best place)."""
     canvas = image_bgr.copy()
     if len(boxes) == 0:
         return canvas
@@ -60,12 +68,15 @@ def draw_instances(image_bgr: np.ndarray, boxes: np.ndarray, class_ids: np.ndarr
     height, width = canvas.shape[:2]
     thickness = max(1, round(min(height, width) / 400))
     font_scale = max(0.4, min(height, width) / 1000)
+    crops = _mask_crops(masks) if masks is not None else None
     for index in order:
         color = class_color(int(class_ids[index]))
-        if masks is not None and masks[index].any():
-            mask = masks[index].astype(bool)
-            canvas[mask] = (canvas[mask] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
-            contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if crops is not None and crops[index][0].any():
+            crop, top, left = crops[index]
+            region = canvas[top:top + crop.shape[0], left:left + crop.shape[1]]
+            region[crop] = (region[crop] * (1 - alpha) + np.array(color) * alpha).astype(np.uint8)
+            contours, _ = cv2.findContours(crop.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE,
+                                           offset=(left, top))
             cv2.drawContours(canvas, contours, -1, color, thickness, lineType=cv2.LINE_AA)
         x1, y1, x2, y2 = (int(round(float(v))) for v in boxes[index])
         cv2.rectangle(canvas, (x1, y1), (x2, y2), color, thickness, lineType=cv2.LINE_AA)
@@ -88,7 +99,7 @@ def draw_instance_predictions(image_bgr: np.ndarray, instances: Instances, class
                               alpha: float = 0.5) -> np.ndarray:
     """A model's output Instances (``pred_boxes``, ``scores``, ``pred_classes``, optional ``pred_masks``) drawn."""
     instances = instances.to("cpu")
-    masks = instances.pred_masks.numpy() if instances.has("pred_masks") else None
+    masks = LocalMasks.of(instances) if instances.has("pred_masks") else None
     return draw_instances(image_bgr, instances.pred_boxes.tensor.numpy(), instances.pred_classes.numpy(), masks,
                           instances.scores.numpy(), class_names, alpha)
 
@@ -128,18 +139,18 @@ class Visualizer:
         self.scale = scale
         self.instance_mode = instance_mode
 
-    def _background(self, masks: np.ndarray | None) -> np.ndarray:
+    def _background(self, masks: np.ndarray | LocalMasks | None) -> np.ndarray:
         if self.instance_mode != ColorMode.IMAGE_BW:
             return self.image_bgr
         grey = cv2.cvtColor(cv2.cvtColor(self.image_bgr, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
-        if masks is not None and len(masks):
-            inside = masks.any(axis=0)
-            grey[inside] = self.image_bgr[inside]
+        for crop, top, left in _mask_crops(masks) if masks is not None else []:
+            rows, cols = slice(top, top + crop.shape[0]), slice(left, left + crop.shape[1])
+            grey[rows, cols][crop] = self.image_bgr[rows, cols][crop]
         return grey
 
     def draw_instance_predictions(self, predictions: Instances) -> VisImage:
         predictions = predictions.to("cpu")
-        masks = predictions.pred_masks.numpy().astype(bool) if predictions.has("pred_masks") else None
+        masks = LocalMasks.of(predictions) if predictions.has("pred_masks") else None
         drawn = draw_instance_predictions(self._background(masks), predictions, self.class_names)
         return VisImage(drawn, self.scale)
 

@@ -1,4 +1,5 @@
-"""Prediction over many image files: loader workers read and resize the images, the model runs on batches, and a
+"""Prediction over many image files through any backend (``backend.py``: PyTorch, ONNX Runtime, sliced): loader
+workers read the images and run the backend's ``preprocess``, the backend's ``predict_batch`` runs on batches, and a
 writer thread turns each batch's outputs into results (drawings, COCO records in the process's shard) while the
 model runs on the next one.
 
@@ -14,6 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -21,9 +23,9 @@ import torch.utils.data as torchdata
 
 from adet.data.build import DataLoader, leave_stop_signals_to_the_trainer, pin_memory, trivial_batch_collator
 from adet.data.image_io import read_image
-from adet.engine.inference.predictor import DefaultPredictor, prepare_image
+from adet.engine.inference.backend import Backend, ImageInput
 from adet.errors import ImageReadError
-from adet.structures import padded_size
+from adet.structures import Instances, padded_size
 
 logger = logging.getLogger(__name__)
 
@@ -35,30 +37,37 @@ def leave_signals_to_the_main_process(worker_id: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-class ImageFiles(torchdata.Dataset):
-    """paths[i] -> the model's input (resized, channel order of the model) plus the original BGR image when
-    ``keep_original`` (for drawing); ``{"skipped": reason}`` for an unreadable file."""
+@dataclass
+class ImageFile:
+    """One file of the input: its backend input, and the original BGR image when kept (for drawing); or why it was
+    skipped (an unreadable file)."""
 
-    def __init__(self, paths: list[str], predictor: DefaultPredictor, keep_original: bool):
+    path: str
+    input: ImageInput | None = None
+    original: np.ndarray | None = None
+    skipped: str = ""
+
+
+class ImageFiles(torchdata.Dataset):
+    """paths[i] -> :class:`ImageFile` (read, then preprocessed by ``backend``, in a loader worker)."""
+
+    def __init__(self, paths: list[str], backend: Backend, keep_original: bool):
         self.paths = paths
-        self.input_format, self.resize = predictor.input_format, predictor.aug
+        self.backend = backend
         self.keep_original = keep_original
 
     def __len__(self) -> int:
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, index: int) -> ImageFile:
         path = self.paths[index]
         try:
             original = read_image(path, "BGR")
         except ImageReadError as e:
-            return {"path": path, "skipped": str(e)}
-        prepared = prepare_image(original, self.input_format, self.resize)
-        # numpy, not a tensor: it travels by value through the worker's pipe. A tensor would go as a file descriptor
+            return ImageFile(path, skipped=str(e))
+        # numpy, not tensors: it travels by value through the worker's pipe. A tensor would go as a file descriptor
         # served by a thread of the worker, which prints a traceback when Ctrl-C ends the main process mid-handover.
-        return {"path": path, "image": np.ascontiguousarray(prepared.transpose(2, 0, 1)),
-                "height": original.shape[0], "width": original.shape[1],
-                "original": original if self.keep_original else None}
+        return ImageFile(path, self.backend.preprocess(original), original if self.keep_original else None)
 
 
 def default_batch_size(device: str) -> int:
@@ -73,10 +82,10 @@ class SizeBuckets:
 
     def __init__(self, batch_size: int, size_divisibility: int):
         self.batch_size, self.size_divisibility = batch_size, size_divisibility
-        self.buckets: dict[tuple[int, int], list[dict]] = {}
+        self.buckets: dict[tuple[int, int], list[ImageFile]] = {}
 
-    def add(self, item: dict) -> list[list[dict]]:
-        key = padded_size(*item["image"].shape[1:], self.size_divisibility)
+    def add(self, item: ImageFile) -> list[list[ImageFile]]:
+        key = padded_size(*item.input.image.shape[1:], self.size_divisibility)
         bucket = self.buckets.setdefault(key, [])
         bucket.append(item)
         if len(bucket) == self.batch_size:
@@ -85,35 +94,34 @@ class SizeBuckets:
             return [self.buckets.pop(max(self.buckets, key=lambda k: len(self.buckets[k])))]
         return []
 
-    def rest(self) -> list[list[dict]]:
+    def rest(self) -> list[list[ImageFile]]:
         batches, self.buckets = list(self.buckets.values()), {}
         return batches
 
 
-def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callable[[dict, object], None],
+def predict_files(backend: Backend, paths: list[str], handle: Callable[[ImageFile, Instances], None],
                   skip: Callable[[str, str], None], batch_size: int = 1, num_workers: int = 2,
                   keep_original: bool = True) -> dict[str, float]:
-    """Run ``predictor``'s model over ``paths``; ``handle(item, instances)`` (on CPU Instances of the original image)
-    runs in a writer thread, a batch behind the model, ``skip(path, reason)`` for unreadable files. Returns
+    """Run ``backend`` over ``paths``; ``handle(item, instances)`` (on CPU Instances of the original image) runs in
+    a writer thread, a batch behind the model, ``skip(path, reason)`` for unreadable files. Returns
     {"images", "seconds", "model_seconds"}."""
     # batch_size None: items one by one (the buckets batch them), untouched (the original stays a numpy array)
-    loader = DataLoader(ImageFiles(paths, predictor, keep_original), batch_size=None,
+    loader = DataLoader(ImageFiles(paths, backend, keep_original), batch_size=None,
                         collate_fn=trivial_batch_collator, num_workers=num_workers,
                         worker_init_fn=leave_signals_to_the_main_process,
                         prefetch_factor=max(2, batch_size) if num_workers else None)
-    pinned = pin_memory(str(predictor.model.device))
-    buckets = SizeBuckets(batch_size, predictor.model.size_divisibility)
+    pinned = pin_memory(str(backend.cfg.MODEL.DEVICE))
+    buckets = SizeBuckets(batch_size, backend.size_divisibility)
     start, model_seconds, pending = time.perf_counter(), 0.0, []
 
-    def finish(batch: list[dict], outputs: list[dict]) -> None:
-        for item, output in zip(batch, outputs):
-            handle(item, output["instances"].to("cpu"))
+    def finish(batch: list[ImageFile], outputs: list[Instances]) -> None:
+        for item, instances in zip(batch, outputs):
+            handle(item, instances.to("cpu"))
 
-    def run(batch: list[dict]) -> None:
+    def run(batch: list[ImageFile]) -> None:
         nonlocal model_seconds
         tic = time.perf_counter()
-        with torch.inference_mode():
-            outputs = predictor.inference_model(batch)
+        outputs = backend.predict_batch([item.input for item in batch])
         model_seconds += time.perf_counter() - tic
         pending.append(writer.submit(finish, batch, outputs))
         while len(pending) > 1:  # at most one batch waits for the writer: memory stays flat
@@ -121,12 +129,11 @@ def predict_files(predictor: DefaultPredictor, paths: list[str], handle: Callabl
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="results") as writer:
         for item in loader:
-            if "skipped" in item:
-                skip(item["path"], item["skipped"])
+            if item.skipped:
+                skip(item.path, item.skipped)
                 continue
-            item["image"] = torch.from_numpy(item["image"])
             if pinned:  # page-locked: its copy to the GPU overlaps the computation
-                item["image"] = item["image"].pin_memory()
+                item.input.image = torch.from_numpy(item.input.image).pin_memory()
             for batch in buckets.add(item):
                 run(batch)
         for batch in buckets.rest():

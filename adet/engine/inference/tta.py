@@ -19,7 +19,7 @@ from torchvision.ops import batched_nms, box_iou
 from adet.data.transforms import ResizeForTest
 from adet.modeling.embedmask.embedmask import EmbedMask, image_sizes_tensor
 from adet.modeling.embedmask.postprocess import mask_operators, mask_reach, paste_region
-from adet.structures import Boxes, Instances
+from adet.structures import Boxes, Instances, LocalMasks
 
 
 class EmbedMaskWithTTA(nn.Module):
@@ -93,13 +93,14 @@ class EmbedMaskWithTTA(nn.Module):
         return result
 
     def voted_masks(self, keep: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, sources: list,
-                    runs: list, nms_thresh: float, size: tuple[int, int]) -> torch.Tensor:
-        """(P, H, W) bool: per kept detection, the mean pasted probability of its cluster (the detections it
+                    runs: list, nms_thresh: float, size: tuple[int, int]) -> LocalMasks:
+        """P masks of ``size``: per kept detection, the mean pasted probability of its cluster (the detections it
         suppressed, same class and box IoU above the NMS threshold, and itself) > the mask threshold."""
         threshold = self.model.mask_threshold
         # Per pass, the output rectangle each of its masks can reach.
         reaches = [mask_reach(probabilities, rows, cols, threshold) for probabilities, rows, cols in runs]
-        masks = torch.zeros((len(keep), *size), dtype=torch.bool, device=boxes.device)
+        crops = [torch.zeros((0, 0), dtype=torch.bool, device=boxes.device)] * len(keep)
+        offsets = [(0, 0)] * len(keep)
         overlaps = box_iou(boxes[keep], boxes)  # (P, every detection of every pass)
         same_class = classes[keep][:, None] == classes[None, :]
         for row, members in enumerate(((overlaps > nms_thresh) & same_class).tolist()):
@@ -112,8 +113,9 @@ class EmbedMaskWithTTA(nn.Module):
             if y0 > y1 or x0 > x1:
                 continue
             members_maps = [(runs[p][0][k], runs[p][1], runs[p][2]) for p, k in cluster]
-            masks[row, y0:y1 + 1, x0:x1 + 1] = paste_region(members_maps, (y0, y1, x0, x1)) > threshold
-        return masks
+            crops[row] = paste_region(members_maps, (y0, y1, x0, x1)) > threshold
+            offsets[row] = (y0, x0)
+        return LocalMasks(crops, offsets, size)
 
 
 def build_tta(cfg, model: EmbedMask) -> EmbedMaskWithTTA:

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from adet.layers import aligned_bilinear
-from adet.structures import Instances
+from adet.structures import Instances, LocalMasks
 
 
 def resize_operator(size: int, factors: list[int], crop: int, out_size: int, device: torch.device) -> torch.Tensor:
@@ -78,23 +78,25 @@ def paste_region(members: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
 
 
 def paste_masks(probabilities: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, threshold: float
-                ) -> torch.Tensor:
-    """(P, h, w) probabilities -> (P, out_h, out_w) bool masks through the operators of :func:`mask_operators`.
+                ) -> LocalMasks:
+    """(P, h, w) probabilities -> P masks of (out_h, out_w) through the operators of :func:`mask_operators`.
 
-    Each mask is computed only over the output rectangle it can reach (:func:`mask_reach`) and is False elsewhere:
-    objects cover a small part of the image, so this skips most of the work."""
-    num = probabilities.shape[0]
-    masks = torch.zeros((num, rows.shape[0], cols.shape[0]), dtype=torch.bool, device=probabilities.device)
-    if num == 0:
-        return masks
+    Each mask is computed only over the output rectangle it can reach (:func:`mask_reach`), its crop: objects cover a
+    small part of the image, so this skips most of the work, and no full-size mask is made."""
+    size = (rows.shape[0], cols.shape[0])
     probabilities = probabilities.float()
     if threshold <= 0:  # any output pixel may pass
-        return torch.matmul(rows, torch.matmul(probabilities, cols.t())) > threshold
+        return LocalMasks(list(torch.matmul(rows, torch.matmul(probabilities, cols.t())) > threshold),
+                          [(0, 0)] * probabilities.shape[0], size)
+    crops, offsets = [], []
     for index, (y0, y1, x0, x1) in enumerate(mask_reach(probabilities, rows, cols, threshold)):
         if y0 <= y1 and x0 <= x1:
-            region = paste_region([(probabilities[index], rows, cols)], (y0, y1, x0, x1))
-            masks[index, y0:y1 + 1, x0:x1 + 1] = region > threshold
-    return masks
+            crops.append(paste_region([(probabilities[index], rows, cols)], (y0, y1, x0, x1)) > threshold)
+            offsets.append((y0, x0))
+        else:
+            crops.append(torch.zeros((0, 0), dtype=torch.bool, device=probabilities.device))
+            offsets.append((0, 0))
+    return LocalMasks(crops, offsets, size)
 
 
 def postprocess(results: Instances, output_height: int, output_width: int, padded_size: tuple[int, int],
@@ -109,7 +111,8 @@ def postprocess(results: Instances, output_height: int, output_width: int, padde
 
     Returns:
         new Instances of size (output_height, output_width); detections whose box becomes empty are dropped;
-        ``pred_masks`` (P, output_height, output_width) bool replaces ``mask_probs`` when probabilities were given.
+        ``pred_masks`` (:class:`LocalMasks`, read as (P, output_height, output_width) bool) replaces ``mask_probs``
+        when probabilities were given.
     """
     resized_h, resized_w = results.image_size
     scale_x, scale_y = output_width / resized_w, output_height / resized_h
