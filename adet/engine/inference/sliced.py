@@ -192,7 +192,7 @@ def _local(instances: Instances, window: Window, image_size: tuple[int, int]) ->
     return found
 
 
-def predict_sliced(backend: Backend, image: np.ndarray, tile: tuple[int, int], overlap: float = 0.2,
+def predict_sliced(backend: Backend, image: np.ndarray, tile: tuple[int, int], overlap: float = 0.5,
                    full_image: bool = True, match_threshold: float = 0.5, batch_size: int = 4
                    ) -> list[LocalDetection]:
     """The merged detections of a BGR image, tile by tile (``batch_size`` tiles per ``backend.predict_batch``) and,
