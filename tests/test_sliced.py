@@ -9,8 +9,9 @@ import torch
 from adet.engine import DefaultPredictor
 from adet.engine.inference import sliced as slicing
 from adet.engine.inference.backend import ModelBackend
-from adet.engine.inference.sliced import LocalDetection, merge, predict_sliced, tile_windows, to_coco, to_instances
+from adet.engine.inference.sliced import LocalDetection, merge, predict_sliced, tile_windows, to_instances
 from adet.engine.inference.tta import EmbedMaskWithTTA
+from adet.evaluation import instances_to_coco_json
 from adet.structures.rle import encode_local_mask
 
 from .conftest import make_tiny_cfg, shapes_image
@@ -68,7 +69,7 @@ def test_an_object_across_a_tile_border_becomes_one_instance_and_neighbours_stay
     # Another class in the same place is another instance; the same pass never merges with itself.
     assert len(merge([disc((50, 100), 30, left), disc((50, 100), 30, right, class_id=1)])) == 2
     assert len(merge([disc((50, 100), 30, left), disc((50, 100), 28, left, score=0.5)])) == 2
-    records = to_coco([merged], 7, 100, 200)
+    records = instances_to_coco_json(to_instances([merged], 100, 200), 7)
     full = mask_util.decode(records[0]["segmentation"]).astype(bool)
     assert np.array_equal(full, whole.within((0, 0, 100, 200))) and records[0]["bbox"][2:] == [61, 61]
 

@@ -82,7 +82,7 @@ def test_encode_masks_writes_the_rle_pycocotools_writes():
     full, the first and last pixel, and runs that continue from the bottom of one column to the top of the next."""
     import pycocotools.mask as mask_util
 
-    from adet.structures.rle import encode_masks
+    from adet.structures.rle import encode_local_mask
 
     height, width = 13, 9
     cases = [np.zeros((height, width), bool), np.ones((height, width), bool)]
@@ -102,5 +102,5 @@ def test_encode_masks_writes_the_rle_pycocotools_writes():
         cases.append(mask)
     for mask in cases:
         expected = mask_util.encode(np.asfortranarray(mask[:, :, None].astype(np.uint8)))[0]
-        (got,) = encode_masks(mask[None])
+        got = encode_local_mask(mask, 0, 0, *mask.shape)
         assert got == {"size": list(mask.shape), "counts": expected["counts"].decode()}, mask.astype(int)

@@ -45,12 +45,6 @@ def _to_rle(starts: np.ndarray, height: int, width: int) -> dict:
     return {"size": [height, width], "counts": rle["counts"].decode("utf-8")}
 
 
-def encode_masks(masks: np.ndarray) -> list[dict]:
-    """COCO RLEs (``counts`` as str) of boolean masks (N, H, W): the same as pycocotools' ``encode``."""
-    _, height, width = masks.shape
-    return [_to_rle(_run_starts(mask)[0], height, width) for mask in masks]
-
-
 def encode_local_mask(mask: np.ndarray, top: int, left: int, height: int, width: int) -> dict:
     """The COCO RLE, in an image of height x width, of a (h, w) bool ``mask`` whose pixel (0, 0) is the image's
     (top, left): no image-sized array is made (sliced inference of very large images)."""

@@ -27,7 +27,6 @@ import torch
 from adet.engine.inference.backend import Backend, ImageInput, image_input
 from adet.errors import ConfigError
 from adet.structures import Boxes, Instances, LocalMasks
-from adet.structures.rle import encode_local_mask
 
 Window = tuple[int, int, int, int]  # y0, x0, y1, x1 in the image
 
@@ -211,16 +210,6 @@ def predict_sliced(backend: Backend, image: np.ndarray, tile: tuple[int, int], o
         detections += [d for d in _local(instances, (0, 0, height, width), (height, width))
                        if max((d.box[3] - d.box[1]) / tile[0], (d.box[2] - d.box[0]) / tile[1]) >= 0.5]
     return merge(detections, match_threshold, tile)
-
-
-def to_coco(detections: list[LocalDetection], image_id, height: int, width: int) -> list[dict]:
-    """COCO results (RLE masks of the full image, encoded from the crops)."""
-    results = []
-    for d in detections:
-        x0, y0, x1, y1 = (float(v) for v in d.box)
-        results.append({"image_id": image_id, "category_id": d.class_id, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "score": d.score, "segmentation": encode_local_mask(d.mask, d.top, d.left, height, width)})
-    return results
 
 
 def to_instances(detections: list[LocalDetection], height: int, width: int) -> Instances:
