@@ -21,6 +21,11 @@ class PreflightError(EmbedMaskError, ValueError):
     """A command line or config that cannot work; the message names the option or key and what is wrong."""
 
 
+class ExportCheckError(EmbedMaskError, RuntimeError):
+    """An exported graph that failed its check after it was written: ONNX Runtime disagrees with PyTorch, or the
+    int8 graph loses more accuracy than allowed. The file is kept aside under another name, which the message gives."""
+
+
 class LaunchError(EmbedMaskError, RuntimeError):
     """A launch request that cannot be satisfied (e.g. more GPUs than exist); the message says what to change."""
 

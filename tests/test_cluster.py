@@ -17,6 +17,7 @@ import uuid
 import pytest
 import torch
 
+from adet.cli import main as embedmask
 from adet.cli.errors import run_cli
 from adet.engine.distributed import slurm
 from adet.engine.distributed.run_claim import LOCK_NAME, RunClaim
@@ -367,6 +368,30 @@ def test_a_flipped_byte_is_refused_for_resume_and_for_weights(tiny_data, tmp_pat
     code = run_cli(train_net.cli, ["--eval-only", *tiny_train_args(tiny_data, tmp_path / "eval"),
                                    "DATASETS.TEST", "('shapes',)", "MODEL.WEIGHTS", str(checkpoint)])
     assert code == 2 and "corrupt: the data of" in capsys.readouterr().err
+
+
+def test_a_command_reads_its_checkpoint_in_full_once(tiny_data, tmp_path, monkeypatch):  # noqa: F811
+    """The config is read from the checkpoint, preflight checks it, the model loads it: one CRC pass of the whole
+    file among them; a file rewritten since is verified again."""
+    import zipfile
+
+    from adet.checkpoint import files
+
+    train_net = load_tool("tools/train_net.py")
+    train_net.cli(tiny_train_args(tiny_data, tmp_path / "run", "SOLVER.MAX_ITER", "1"))
+    weights = str(tmp_path / "run" / "model_final.pth")
+    passes = []
+    real_testzip = zipfile.ZipFile.testzip
+    monkeypatch.setattr(zipfile.ZipFile, "testzip", lambda archive: passes.append(archive.filename) or
+                        real_testzip(archive))
+    monkeypatch.setattr(files, "_verified", set(), raising=False)  # nothing verified yet in this process
+    command = ["eval", "--weights", weights, "--dataset", tiny_data["dataset"], "DATASETS.TEST", "('shapes',)",
+               "OUTPUT_DIR", str(tmp_path / "eval")]
+    assert embedmask(command) == 0
+    assert passes == [weights]
+    os.utime(weights, ns=(0, 0))  # the file changed: read in full again
+    assert embedmask(command) == 0
+    assert passes == [weights, weights]
 
 
 def mount_small_disk(folder, megabytes: int) -> bool:

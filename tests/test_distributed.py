@@ -91,6 +91,12 @@ def test_official_style_run_with_random_seed_validation_loss_and_early_stopping_
     assert [r["iteration"] for r in records if "segm/AP" in r] == evaluated
     final = torch.load(out / "model_final.pth", weights_only=True)
     assert final["iteration"] == validations[-1]["iteration"] and "EarlyStopping" in final["hooks"]
+    # What hooks read from the storage is the mean over processes at every iteration, not only at log ones (here
+    # the first and the last): both ranks hold the same values, though each computed its own losses.
+    steps = [json.loads(line) for line in open(out / "steps.jsonl")]
+    by_rank = {rank: {s["iteration"]: {k: v for k, v in s.items() if k.startswith("loss_")} for s in steps
+                      if s["rank"] == rank} for rank in (0, 1)}
+    assert 1 in by_rank[0] and by_rank[0] == by_rank[1] and len(by_rank[0][1]) == 5
 
     # One process, the same images, the final weights: the value the two processes logged for them.
     name = f"validation_{uuid.uuid4().hex[:6]}"

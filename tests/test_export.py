@@ -16,6 +16,7 @@ pytest.importorskip("onnxscript")
 
 from adet.cli import main as embedmask  # noqa: E402
 from adet.cli.export import compare  # noqa: E402
+from adet.cli.export import main as export_main  # noqa: E402
 from adet.engine import DefaultPredictor  # noqa: E402
 from adet.modeling import build_model  # noqa: E402
 
@@ -42,6 +43,36 @@ def exported(tmp_path_factory):
     path = str(folder / "tiny.onnx")
     assert embedmask(["export", "--weights", weights, "--output", path]) == 0
     return weights, path
+
+
+def test_the_check_fails_when_onnx_runtime_finds_other_detections(exported, tmp_path, monkeypatch):
+    """The self-check on the exported file: a graph that loses detections, or finds some PyTorch does not, or finds
+    none at all, is set aside; an empty comparison passes nothing."""
+    import shutil
+
+    from adet.errors import ExportCheckError
+    from adet.export import ONNXPredictor, checked
+
+    weights, path = exported
+    reference, image = _pytorch(weights), shapes_image(96, 128, seed=2)[0]
+    copy = str(tmp_path / "copy.onnx")
+    shutil.copyfile(path, copy)
+    assert all(c["detections"] > 5 for c in checked.check_against_pytorch(copy, reference, image))
+    for keep in (slice(0, 0), slice(0, 3)):  # none, or 3 of them
+        class Losing(ONNXPredictor):
+            def __call__(self, bgr, keep=keep):
+                found = super().__call__(bgr)["instances"]
+                return {"instances": found[keep]}
+
+        monkeypatch.setattr(checked, "ONNXPredictor", Losing)
+        with pytest.raises(ExportCheckError, match="differ from PyTorch's"):
+            checked.check_against_pytorch(copy, reference, image)
+        assert os.path.isfile(copy + ".mismatch")
+        os.replace(copy + ".mismatch", copy)
+    silent = _pytorch(weights, "MODEL.FCOS.INFERENCE_TH_TEST", 0.99)  # PyTorch finds none, ONNX Runtime some
+    monkeypatch.setattr(checked, "ONNXPredictor", ONNXPredictor)
+    with pytest.raises(ExportCheckError, match="differ from PyTorch's"):
+        checked.check_against_pytorch(copy, silent, image)
 
 
 def _pytorch(weights, *overrides):
@@ -72,7 +103,11 @@ def test_an_image_without_detections(exported, tmp_path):
     folder.mkdir()
     weights = tiny_checkpoint(str(folder), "MODEL.FCOS.INFERENCE_TH_TEST", 0.99)
     path = str(folder / "silent.onnx")
-    assert embedmask(["export", "--weights", weights, "--output", path, "--no-check"]) == 0
+    report = export_main(["--weights", weights, "--output", path])
+    # Nothing to compare at the model's threshold, so the check compared the same graph at threshold 0.
+    assert len(report["checks"]) == 2 and all(c["detections"] > 5 and c["matched"] == c["detections"]
+                                              for c in report["checks"])
+    assert sorted(os.listdir(folder)) == ["silent.onnx", "tiny.pth"]  # the threshold-0 twin is gone
     image = shapes_image(96, 128)[0]
     assert len(_pytorch(weights)(image)["instances"]) == 0
     instances = ONNXPredictor(path)(image)["instances"]
@@ -92,7 +127,9 @@ def test_file_carries_config_classes_and_dataset_ids(exported):
     assert predictor.class_names == ["cat", "dog"] and predictor.cfg.MODEL.RESNETS.DEPTH == 18
 
 
-def test_predict_and_python_api_run_the_onnx_file(exported, tmp_path):
+def test_predict_and_python_api_run_the_onnx_file(exported, tmp_path, monkeypatch):
+    import onnxruntime
+
     import adet
 
     weights, path = exported
@@ -100,9 +137,18 @@ def test_predict_and_python_api_run_the_onnx_file(exported, tmp_path):
     images.mkdir()
     for k in range(2):
         cv2.imwrite(str(images / f"{k:012d}.png"), shapes_image(96, 128, seed=k)[0])
+    sessions = []
+
+    class CountedSession(onnxruntime.InferenceSession):
+        def __init__(self, *args, **kwargs):
+            sessions.append(args[0])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(onnxruntime, "InferenceSession", CountedSession)
     for label, source in (("onnx", ["--onnx", path]), ("torch", ["--weights", weights, "--device", "cpu"])):
         assert embedmask(["predict", *source, "--input", str(images), "--json", str(tmp_path / f"{label}.json"),
                           "--confidence-threshold", "0.3"]) == 0
+    assert sessions == [path]  # the session that checked the file predicts: the file is read once
     onnx_results, torch_results = (json.loads((tmp_path / f"{label}.json").read_text()) for label in ("onnx", "torch"))
     assert len(onnx_results) == len(torch_results) > 0
     for a, b in zip(onnx_results, torch_results):
@@ -219,8 +265,8 @@ def test_int8_export_quantizes_the_trunk_keeps_the_embedding_heads_float_and_mea
 
     weights, dataset = own_predictions_dataset
     path = str(tmp_path / "tiny.onnx")
-    report = export(["--weights", weights, "--output", path, "--int8", "--calibration", "own", "--dataset",
-                     dataset, "--no-check", "--max-ap-drop", "100"])
+    report = export(["--weights", weights, "--output", path, "--int8", "--calibration", "own", "--validation", "own",
+                     "--dataset", dataset, "--no-check", "--max-ap-drop", "100"])
     assert os.path.isfile(str(tmp_path / "tiny.fp32.onnx")) and report["int8"]["images"] == 6
     graph = onnx.load(path)
     produced_by = {output: node for node in graph.graph.node for output in node.output}
@@ -245,10 +291,25 @@ def test_an_int8_graph_beyond_the_ap_gate_is_refused(own_predictions_dataset, tm
     weights, dataset = own_predictions_dataset
     path = str(tmp_path / "gated.onnx")
     code = embedmask(["export", "--weights", weights, "--output", path, "--int8", "--calibration", "own",
-                      "--calibration-images", "2", "--dataset", dataset, "--no-check",
+                      "--calibration-images", "2", "--validation", "own", "--dataset", dataset, "--no-check",
                       "--max-ap-drop", "-100"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and err.startswith("error: --max-ap-drop -100.0: the int8 graph loses")
     assert not os.path.exists(path) and os.path.isfile(str(tmp_path / "gated.rejected.onnx"))
     assert embedmask(["export", "--weights", weights, "--output", path, "--int8"]) == 2
     assert "--int8 needs --calibration DATASET" in capsys.readouterr().err
+
+
+def test_an_int8_gate_without_ground_truth_is_one_line_before_any_work(own_predictions_dataset, tmp_path, capsys):
+    weights, dataset = own_predictions_dataset
+    annotations, images = dataset.split("=", 1)[1].split(":", 1)
+    info = json.load(open(annotations))
+    (tmp_path / "info.json").write_text(json.dumps({"images": info["images"], "categories": info["categories"]}))
+    path = str(tmp_path / "gated.onnx")
+    code = embedmask(["export", "--weights", weights, "--output", path, "--int8", "--calibration", "own",
+                      "--dataset", dataset, "--dataset", f"info={tmp_path / 'info.json'}:{images}",
+                      "--validation", "info"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err == ("error: --validation info: no annotations to score the int8 graph against (an "
+                                 "image-info file); name a dataset with ground truth")
+    assert not os.path.exists(str(tmp_path / "gated.fp32.onnx"))  # refused before the export

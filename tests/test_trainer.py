@@ -234,3 +234,25 @@ def test_early_stopping_observes_a_hook_scalar_once_at_the_iteration_it_was_put(
         stopper.after_eval({"segm": {"AP": 1.0}})  # an evaluation without the metric: the hook's scalar is enough
     assert (stopper.best, stopper.best_iter, stopper.bad_evaluations) == (0.5, 2, 2)
     assert trainer.reason is not None and "best 0.5 at iteration 2" in trainer.reason
+
+
+def test_the_trainer_sets_up_logging_without_cutting_the_application_off(shapes, tmp_path, monkeypatch):
+    """Without handlers anywhere the trainer sets the 'adet' logger up (console, log.txt); records still reach the
+    handlers an application adds to the root logger afterwards."""
+    import logging
+
+    register_shapes(shapes)
+    root, ours = logging.getLogger(), logging.getLogger("adet")
+    monkeypatch.setattr(root, "handlers", [])
+    monkeypatch.setattr(ours, "handlers", [])
+    DefaultTrainer(tiny_training_cfg(tmp_path / "out", "TEST.EVAL_PERIOD", 0))
+    assert ours.handlers and os.path.isfile(tmp_path / "out" / "log.txt")
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    root.addHandler(Keep())
+    logging.getLogger("adet.engine.training").warning("for the application")
+    assert seen == ["for the application"]

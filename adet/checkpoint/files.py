@@ -80,8 +80,19 @@ def atomic_write_text(text: str, path: str) -> None:
     _atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+# The archives whose CRCs matched in this process, as (real path, inode, size, mtime in ns): a command reads its
+# checkpoint's config, checks it before work and loads it, and only the first of those reads the whole file. A file
+# replaced or rewritten since (another inode, size or time) is verified again.
+_verified: set[tuple[str, int, int, int]] = set()
+
+
 def verify_checksums(path: str) -> None:
-    """Every member of the zip archive at ``path`` matches its stored CRC-32 (reads the whole file once)."""
+    """Every member of the zip archive at ``path`` matches its stored CRC-32 (reads the whole file, once per file
+    and process while it is unchanged)."""
+    stat = os.stat(path)
+    key = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    if key in _verified:
+        return
     try:
         with zipfile.ZipFile(path) as archive:
             damaged = archive.testzip()
@@ -91,6 +102,7 @@ def verify_checksums(path: str) -> None:
     if damaged is not None:
         raise CheckpointError(f"{path}: corrupt: the data of '{damaged}' does not match its stored checksum (a "
                               "damaged copy?); copy it again or use another checkpoint")
+    _verified.add(key)
 
 
 def read_checkpoint_file(path: str) -> dict[str, Any]:

@@ -208,11 +208,11 @@ def predict_config(args: argparse.Namespace, overrides: list[str]):
     return cfg
 
 
-def image_worker(model_source, args: argparse.Namespace, paths: list[str]) -> dict:
-    """One process's share of the images (``model_source``: the config, or the ONNX file)."""
+def image_worker(model_source, args: argparse.Namespace, paths: list[str], onnx_model: Model | None = None) -> dict:
+    """One process's share of the images (``model_source``: the config, or the ONNX file, whose session
+    ``onnx_model`` already holds: a worker in this process uses it, a spawned one opens the file once)."""
     setup_logger(rank=comm.get_rank())
-    predictor = (onnx_predictor(args, []) if isinstance(model_source, str) else
-                 Model(model_source, min_score=args.min_score))
+    predictor = onnx_model if onnx_model is not None else Model(model_source, min_score=args.min_score)
     return predict_images(predictor, args, paths, model_source)
 
 
@@ -260,7 +260,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
         if use_cuda:
             check_devices(args.num_gpus, source.MODEL.DEVICE)
         counts = launch(image_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url,
-                        (source, args, paths), use_cuda=use_cuda, report_error=report_error, launcher=args.launcher)
+                        (source, args, paths, checked_onnx), use_cuda=use_cuda, report_error=report_error,
+                        launcher=args.launcher)
         if counts is not None:  # this process predicted (one process, or rank 0 under torchrun/SLURM)
             print(f"{counts['images'] - counts['skipped']} image(s) processed" + (
                 f", {counts['skipped']} skipped" if counts["skipped"] else "") + (

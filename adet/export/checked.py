@@ -4,6 +4,7 @@ an accuracy gate. ``embedmask export`` and ``Model.export`` call :func:`export_m
 
 from __future__ import annotations
 
+import logging
 import os
 
 import cv2
@@ -15,7 +16,7 @@ from adet.config import CfgNode
 from adet.data import DatasetCatalog, read_image
 from adet.data.synthetic import generate_image
 from adet.engine import DefaultPredictor
-from adet.errors import PreflightError
+from adet.errors import ExportCheckError, PreflightError
 from adet.evaluation import COCOEvaluator
 from adet.modeling import build_model, prepare_for_inference
 from adet.structures import pairwise_iou
@@ -24,28 +25,79 @@ from .onnx_model import export_onnx
 from .predictor import ONNXPredictor
 from .quantize import quantize_int8
 
+logger = logging.getLogger(__name__)
+
 
 def export_model(cfg: CfgNode, output: str, opset: int = 18, sample: np.ndarray | None = None, check: bool = True,
                  int8: bool = False, calibration: str = "", calibration_images: int = 200, validation: str = "",
                  max_ap_drop: float = 1.0) -> dict:
     """Export ``cfg``'s model (MODEL.WEIGHTS loaded) to ``output``; ``sample`` (BGR) is traced and checked with
     (default: a generated picture). With ``int8`` the float graph goes to NAME.fp32.onnx and the int8 one to
-    ``output`` (:func:`quantize_with_gate`). Returns the export's report (size, time, checks, int8)."""
+    ``output`` (:func:`quantize_with_gate`), validated on ``validation`` (default: the config's first
+    DATASETS.TEST). Returns the export's report (size, time, checks, int8)."""
+    if int8:
+        validation = validation_dataset(cfg, calibration, validation)
     image = sample if sample is not None else sample_image()
-    model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
-    prepare_for_inference(model, channels_last=False)  # channels-last strides would be baked into the graph
-    reference = DefaultPredictor(cfg)
-    resized = reference.aug.get_transform(image).apply_image(np.ascontiguousarray(image))
     float_path = int8_paths(output)[0] if int8 else output
+    model, reference = traced_model(cfg)
+    resized = reference.aug.get_transform(image).apply_image(np.ascontiguousarray(image))
     report = export_onnx(model, cfg, float_path, resized, opset)
     print(f"Exported to {float_path}: {report['bytes'] / 2**20:.1f} MiB in {report['seconds']:.1f} s")
     if check:
         report["checks"] = check_against_pytorch(float_path, reference, image)
+        if all(c["detections"] == 0 for c in report["checks"]):
+            report["checks"] = check_at_threshold_zero(cfg, float_path, image, resized, opset)
     if int8:
         report["int8"] = quantize_with_gate(float_path, output, calibration, calibration_images, validation,
                                             max_ap_drop)
     return report
+
+
+def traced_model(cfg: CfgNode) -> tuple[torch.nn.Module, DefaultPredictor]:
+    """``cfg``'s model with its weights, ready to trace, and the PyTorch predictor the export is compared with."""
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    prepare_for_inference(model, channels_last=False)  # channels-last strides would be baked into the graph
+    return model, DefaultPredictor(cfg)
+
+
+def check_at_threshold_zero(cfg: CfgNode, path: str, image: np.ndarray, resized: np.ndarray, opset: int
+                            ) -> list[dict]:
+    """The check for a model that detects nothing on the sample at its threshold (an untrained or barely trained
+    one): an empty comparison proves nothing, so the same graph exported with MODEL.FCOS.INFERENCE_TH_TEST 0 is
+    compared with PyTorch at threshold 0 (the graphs differ in that one constant), then deleted."""
+    zero = cfg.clone()
+    zero.defrost()
+    zero.MODEL.FCOS.INFERENCE_TH_TEST = 0.0
+    zero.freeze()
+    print(f"The model detects nothing on the sample at MODEL.FCOS.INFERENCE_TH_TEST {cfg.MODEL.FCOS.INFERENCE_TH_TEST}"
+          "; checking the graph at threshold 0 instead")
+    model, reference = traced_model(zero)
+    twin = path + ".threshold0.onnx"
+    try:
+        export_onnx(model, zero, twin, resized, opset)
+        return check_against_pytorch(twin, reference, image, kept_as=path)
+    finally:
+        for leftover in (twin, twin + ".mismatch"):
+            if os.path.exists(leftover):
+                os.remove(leftover)
+
+
+def validation_dataset(cfg: CfgNode, calibration: str, validation: str) -> str:
+    """The dataset the int8 gate scores on: ``validation``, else the config's first DATASETS.TEST. It must have
+    annotations (a test-dev style file cannot score), and should not be the calibration set (the gate would see
+    the very images the ranges were fitted on)."""
+    validation = validation or (cfg.DATASETS.TEST[0] if cfg.DATASETS.TEST else "")
+    if not validation:
+        raise PreflightError("--int8: no dataset to validate the int8 graph on; pass --validation DATASET (held-out "
+                             "images with annotations; the config's DATASETS.TEST is empty)")
+    if not any(record.get("annotations") for record in DatasetCatalog.get(validation)):
+        raise PreflightError(f"--validation {validation}: no annotations to score the int8 graph against (an "
+                             "image-info file); name a dataset with ground truth")
+    if validation == calibration:
+        logger.warning("--validation %s is the calibration set: the accuracy gate sees the images the int8 ranges "
+                       "were fitted on, and may pass a graph that loses accuracy elsewhere", validation)
+    return validation
 
 
 def dataset_inputs(predictor: ONNXPredictor, dataset: str, limit: int):
@@ -68,12 +120,11 @@ def int8_paths(output: str) -> tuple[str, str]:
     return stem + ".fp32.onnx", stem + ".rejected.onnx"
 
 
-def quantize_with_gate(float_path: str, output: str, calibration: str, calibration_images: int = 200,
-                       validation: str = "", max_ap_drop: float = 1.0) -> dict:
+def quantize_with_gate(float_path: str, output: str, calibration: str, calibration_images: int, validation: str,
+                       max_ap_drop: float = 1.0) -> dict:
     """The int8 graph of ``float_path`` at ``output``, calibrated on the first ``calibration_images`` images of
-    ``calibration``, if it keeps bbox and segm AP on ``validation`` (default: ``calibration``) within
-    ``max_ap_drop`` points; else it is set aside as NAME.rejected.onnx and PreflightError says so."""
-    validation = validation or calibration
+    ``calibration``, if it keeps bbox and segm AP on ``validation`` within ``max_ap_drop`` points; else it is set
+    aside as NAME.rejected.onnx and ExportCheckError says so."""
     predictor = ONNXPredictor(float_path)
     report = quantize_int8(float_path, output, dataset_inputs(predictor, calibration, calibration_images))
     print(f"Quantized to int8 on {report['images']} images of {calibration} in {report['seconds']:.0f} s: "
@@ -87,7 +138,7 @@ def quantize_with_gate(float_path: str, output: str, calibration: str, calibrati
     if drop > max_ap_drop:
         rejected = int8_paths(output)[1]
         os.replace(output, rejected)
-        raise PreflightError(f"--max-ap-drop {max_ap_drop}: the int8 graph loses {drop:.2f} AP on "
+        raise ExportCheckError(f"--max-ap-drop {max_ap_drop}: the int8 graph loses {drop:.2f} AP on "
                              f"{validation} (kept as {rejected}; calibrate on more images, or keep the float graph "
                              f"{float_path})")
     return report
@@ -128,8 +179,10 @@ def compare(expected, actual) -> dict:
     return result
 
 
-def check_against_pytorch(path: str, reference: DefaultPredictor, image: np.ndarray) -> list[dict]:
-    """ONNX Runtime's detections equal PyTorch's on ``image`` and a crop of it, or the file is set aside."""
+def check_against_pytorch(path: str, reference: DefaultPredictor, image: np.ndarray, kept_as: str = "") -> list[dict]:
+    """ONNX Runtime's detections equal PyTorch's on ``image`` and a crop of it, or the file (``kept_as``, default
+    ``path``) is set aside as NAME.mismatch. A comparison of no detections on both images fails: it shows nothing."""
+    kept_as = kept_as or path
     onnx_predictor = ONNXPredictor(path)
     checks = []
     crop = np.ascontiguousarray(image[:, : max(image.shape[1] * 3 // 5, 64)])  # another size and aspect ratio
@@ -142,8 +195,13 @@ def check_against_pytorch(path: str, reference: DefaultPredictor, image: np.ndar
               f"{check['matched']}/{check['detections']} detections matched ({check['onnx_detections']} found), "
               f"max |d score| {check['score']:.1e}, max |d box| {check['box']:.3f} px, "
               f"min mask IoU {check['mask_iou']:.4f}")
-        if check["matched"] < 0.97 * check["detections"] or check["score"] > 1e-3 or check["box"] > 0.5:
-            os.replace(path, path + ".mismatch")
-            raise PreflightError(f"--output {path}: the exported model's detections differ from PyTorch's "
-                                 f"(kept as {path}.mismatch for inspection)")
+        found = max(check["detections"], check["onnx_detections"])
+        if check["matched"] < 0.97 * found or check["score"] > 1e-3 or check["box"] > 0.5:
+            os.replace(kept_as, kept_as + ".mismatch")
+            raise ExportCheckError(f"--output {kept_as}: the exported model's detections differ from PyTorch's "
+                                   f"(kept as {kept_as}.mismatch for inspection)")
+    if sum(c["detections"] for c in checks) == 0 and kept_as != path:
+        os.replace(kept_as, kept_as + ".mismatch")
+        raise ExportCheckError(f"--output {kept_as}: no detections to compare, even at threshold 0 (kept as "
+                               f"{kept_as}.mismatch)")
     return checks

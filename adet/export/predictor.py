@@ -32,6 +32,7 @@ class ONNXPredictor:
     """
 
     def __init__(self, path: str, providers: list[str] | None = None, threads: int | None = None):
+        self._arguments = (path, providers, threads)
         try:
             import onnxruntime as ort  # optional (the export extra): imported when an ONNX model is used
         except ImportError:
@@ -54,6 +55,14 @@ class ONNXPredictor:
         self.size_divisibility = int(metadata.get("size_divisibility", 32))
         self.aug = resize_for_test(self.cfg)
         self.input_format = self.cfg.INPUT.FORMAT
+
+    def __getstate__(self) -> tuple:
+        # An ONNX Runtime session cannot be pickled: a spawned process opens the file again, and only such a
+        # process (the one that checked the file keeps using its session).
+        return self._arguments
+
+    def __setstate__(self, arguments: tuple) -> None:
+        self.__init__(*arguments)
 
     def preprocess(self, image: np.ndarray) -> ImageInput:
         """One BGR image as the graph takes it (resized, in the model's channel order) plus the original size."""

@@ -20,12 +20,15 @@ class _EarlyRecords(logging.Handler):
             self.records.append(record)
 
 
-def setup_logger(output_dir: str | None = None, rank: int = 0, name: str = "adet") -> logging.Logger:
+def setup_logger(output_dir: str | None = None, rank: int = 0, name: str = "adet", propagate: bool = False
+                 ) -> logging.Logger:
     """INFO to the console on rank 0, everything to ``output_dir/log.txt`` (``log.txt.rank{r}`` on other ranks).
-    Records logged since an earlier call without ``output_dir`` are written to the new log file first."""
+    Records logged since an earlier call without ``output_dir`` are written to the new log file first.
+    ``propagate=False`` (a command or script that owns the process, as detectron2's) keeps the records from the root
+    logger's handlers, which would print them twice; the library's own call passes True."""
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
-    logger.propagate = False
+    logger.propagate = propagate
     early = [r for h in logger.handlers if isinstance(h, _EarlyRecords) for r in h.records]
     for handler in list(logger.handlers):
         logger.removeHandler(handler)

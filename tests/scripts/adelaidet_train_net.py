@@ -25,7 +25,8 @@ class CountSteps(hooks.HookBase):
         self.steps += 1
         with open(self.log_path, "a") as f:
             losses = {k: v for k, (v, _) in self.trainer.storage.latest().items() if k.startswith("loss_")}
-            f.write(json.dumps({"iteration": self.trainer.iter, "steps": self.steps, **losses}) + "\n")
+            f.write(json.dumps({"iteration": self.trainer.iter, "steps": self.steps, "rank": comm.get_rank(),
+                                **losses}) + "\n")
         if self.trainer.iter == int(os.environ.get("EMBEDMASK_TEST_KILL_AT", -1)):
             os.kill(os.getpid(), signal.SIGKILL)
 

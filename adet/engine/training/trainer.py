@@ -110,7 +110,9 @@ class DefaultTrainer:
             self._claim = RunClaim(cfg.OUTPUT_DIR).acquire()
             weakref.finalize(self, self._claim.release)  # a trainer dropped without training
         if not logging.getLogger("adet").handlers and not logging.getLogger().handlers:
-            setup_logger(cfg.OUTPUT_DIR, comm.get_rank())  # detectron2 scripts call setup_logger(); others need not
+            # detectron2 scripts call setup_logger(); others need not. A library must not cut an application's
+            # handlers off its records: they propagate to the root logger.
+            setup_logger(cfg.OUTPUT_DIR, comm.get_rank(), propagate=True)
         configure_determinism(cfg)
         self.cfg = cfg
         self.seed = shared_seed(cfg.SEED)
@@ -302,8 +304,9 @@ class DefaultTrainer:
                     loss_dict, losses, lr = self.run_step(data)
                     step_time = time.perf_counter() - tic
                     log_now = (self.iter + 1) % log_period == 0 or self.iter in (self.start_iter, max_iter - 1)
-                    if log_now:
-                        losses = reduce_for_logging(loss_dict)
+                    # Averaged over processes at every iteration, not only at log ones: hooks and trackers read the
+                    # storage on periods of their own (one all-reduce of a few floats, next to DDP's gradients).
+                    losses = reduce_for_logging(loss_dict)
                     self.storage.put_scalars(total_loss=sum(losses.values()), **losses, lr=lr)
                     self.storage.take_pending()  # the writer gets these from here, not as a hook's scalars
                     self._call("after_step")
