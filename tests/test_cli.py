@@ -190,3 +190,17 @@ def test_benchmark_times_both_models(coco_style_images, tmp_path, capsys):
     assert [r["model"] for r in rows] == ["embedmask", "maskrcnn"]
     assert all(r["total"] > 0 and r["peak_rss_mb"] > 100 for r in rows) and rows[1]["detections"] == 100
     assert "ratio (ours / Mask R-CNN): time" in capsys.readouterr().out
+
+
+def test_the_quickstart_reuses_its_cached_model_only_for_the_same_settings_and_seed(tmp_path):
+    from adet.cli.quickstart import CONFIG, cached_model_matches
+    from adet.model_zoo import get_config
+
+    cfg = get_config(CONFIG)
+    path = str(tmp_path / "cached.pth")
+    torch.save({"model": {"w": torch.zeros(1)}, "config": cfg.dump()}, path)
+    assert cached_model_matches(cfg, path)
+    for key, value in (("SEED", 1), ("SOLVER.MAX_ITER", 300), ("MODEL.RESNETS.DEPTH", 50)):
+        other = cfg.clone()
+        other.merge_from_list([key, value])
+        assert not cached_model_matches(other, path), key

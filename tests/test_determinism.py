@@ -43,7 +43,7 @@ def test_coupling_reference_gradient_is_the_same_every_time():
 
 
 # The quickstart's first iterations (EmbedMask/Synthetic.yaml as it is: batch 8, SEED 0), recorded at commit
-# QUICKSTART_COMMIT with torch 2.14.1 and 2 threads. The quickstart's result moved once without anyone noticing
+# c8cbf8a with torch 2.14.1 and 2 threads. The quickstart's result moved once without anyone noticing
 # (docs/quickstart.md); a change to the data, the initialisation, the sampling or a loss moves these at iteration 0
 # by far more than the 1e-4 another torch release or CPU gives over 8 iterations.
 QUICKSTART_LOSSES = json.load(open(os.path.join(FIXTURES, "quickstart_losses.json")))

@@ -69,3 +69,14 @@ def test_pred_masks_read_as_full_size_masks_through_indexing_moving_and_concaten
     # Full masks cut to crops and back are the same masks.
     again = LocalMasks.from_full(full)
     assert torch.equal(again.to_tensor(), full) and again.encode_rle() == LocalMasks.of(instances).encode_rle()
+
+
+def test_full_masks_are_cut_to_the_rows_and_columns_they_touch():
+    full = torch.zeros(3, 6, 8, dtype=torch.bool)
+    full[0, 1:3, 2] = True  # a column segment: rows 1-2, column 2
+    full[0, 4, 5] = True  # and a pixel: the box spans both
+    full[2, 5, 0] = full[2, 0, 7] = True  # opposite corners of the image
+    cut = LocalMasks.from_full(full)
+    assert cut.offsets == [(1, 2), (0, 0), (0, 0)] and cut.image_size == (6, 8)
+    assert [tuple(c.shape) for c in cut.crops] == [(4, 4), (0, 0), (6, 8)]
+    assert torch.equal(cut.to_tensor(), full)

@@ -33,11 +33,13 @@ DEMO_OUTPUT = os.path.join("demo", "outputs")
 
 
 def cached_model_matches(cfg, path: str) -> bool:
-    """The cached model exists and was trained with the current model and solver settings."""
+    """The cached model exists and was trained with the current model and solver settings and seed (another seed
+    gives another model: see docs/quickstart.md)."""
     if not os.path.isfile(path):
         return False
     saved = checkpoint_config(path)
-    return saved is not None and saved.MODEL.dump() == cfg.MODEL.dump() and saved.SOLVER.dump() == cfg.SOLVER.dump()
+    return (saved is not None and saved.MODEL.dump() == cfg.MODEL.dump() and saved.SOLVER.dump() == cfg.SOLVER.dump()
+            and saved.get("SEED") == cfg.SEED)
 
 
 def write_held_out_images(folder: str, count: int = 6, seed: int = 12345) -> list[str]:

@@ -34,17 +34,24 @@ class LocalMasks:
     def from_full(masks: torch.Tensor | np.ndarray) -> LocalMasks:
         """(N, H, W) masks, each cut to its bounding box (an empty mask to a 0 x 0 crop)."""
         masks = torch.as_tensor(masks).bool()
+        if masks.dim() != 3:
+            return LocalMasks([], [], (0, 0))
+        # Which rows and columns each mask touches, for all masks in two passes: a max over bytes (torch's any() over
+        # bool is ~15x slower, and per-mask calls cost 4x the RLE encoding of the crops).
+        as_bytes = masks.view(torch.uint8)
+        rows, cols = as_bytes.amax(2).cpu().numpy() > 0, as_bytes.amax(1).cpu().numpy() > 0  # (N, H), (N, W)
+        height, width = masks.shape[1:]
         crops, offsets = [], []
-        for mask in masks:
-            rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
-            if rows.numel() == 0:
+        for mask, in_rows, in_cols in zip(masks, rows, cols):
+            if not in_rows.any():
                 crops.append(mask[:0, :0])
                 offsets.append((0, 0))
                 continue
-            top, bottom, left, right = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+            top, bottom = int(in_rows.argmax()), height - int(in_rows[::-1].argmax())
+            left, right = int(in_cols.argmax()), width - int(in_cols[::-1].argmax())
             crops.append(mask[top:bottom, left:right])
             offsets.append((top, left))
-        return LocalMasks(crops, offsets, tuple(masks.shape[1:]) if masks.dim() == 3 else (0, 0))
+        return LocalMasks(crops, offsets, (height, width))
 
     @staticmethod
     def of(instances) -> LocalMasks:
