@@ -31,6 +31,7 @@ COMMANDS = {
     "analyze": ("adet.cli.analyze", "main", "parameters and FLOPs per module"),
     "quickstart": ("adet.cli.quickstart", "main", "train, evaluate and try EmbedMask on the bundled synthetic data"),
     "configs": ("adet.cli.configs", "main", "list the packaged configs"),
+    "convert": ("adet.cli.convert", "main", "convert a dataset between COCO, Ultralytics YOLO-seg and LabelMe"),
 }
 
 

@@ -30,6 +30,12 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     if not os.path.isdir(image_root):
         raise DatasetError(f"{image_root}: image folder does not exist")
     data, _ = load_coco(json_file, require_annotations=False)  # an image-info file (test-dev) is inference input
+    return coco_dataset_dicts(data, image_root, dataset_name, json_file)
+
+
+def coco_dataset_dicts(data: dict, image_root: str, dataset_name: str | None, source: str) -> list[dict]:
+    """Dataset dicts of a validated COCO dict (:func:`adet.data.validation.validate_coco`), whatever format it was
+    read from; ``file_name``s are joined to ``image_root`` (absolute ones stay as they are)."""
     categories = sorted(data["categories"], key=lambda c: c["id"])
     id_map = {c["id"]: i for i, c in enumerate(categories)}
     if dataset_name is not None:
@@ -43,7 +49,7 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: str | None = N
     dataset = [{"file_name": os.path.join(image_root, image["file_name"]), "height": image["height"],
                 "width": image["width"], "image_id": image["id"], "annotations": annotations_per_image.get(
                     image["id"], [])} for image in data["images"]]
-    logger.info("Loaded %d images and %d annotations from %s", len(dataset), len(data["annotations"]), json_file)
+    logger.info("Loaded %d images and %d annotations from %s", len(dataset), len(data["annotations"]), source)
     return dataset
 
 

@@ -43,3 +43,15 @@ def as_color_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:
     if image.shape[2] == 1:
         return np.repeat(image, 3, axis=2)
     return np.ascontiguousarray(image[:, :, :3])
+
+
+def image_size(path: str) -> tuple[int, int] | None:
+    """(width, height) of the image at ``path`` as :func:`read_image` gives it (EXIF orientation applied), from its
+    header; None when it is missing or unreadable."""
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+            orientation = image.getexif().get(0x0112, 1)  # 5-8: rotated by 90 or 270 degrees
+    except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return None
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)

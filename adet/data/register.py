@@ -9,16 +9,32 @@ from adet.errors import DatasetError
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import coco_class_names, register_coco_instances
+from .sources import register_source
+from .yolo import SPLITS
 
 
 def register_datasets_from_args(specs: list[str], quiet: bool = False) -> list[str]:
-    """Register ``NAME=ANNOTATIONS.json:IMAGES/`` datasets (class names come from the json); returns the names.
-    With ``quiet``, a name already registered with the same files is left as it is (workers of one launch)."""
+    """Register ``--dataset`` specs; returns the names. A spec is ``NAME=ANNOTATIONS.json:IMAGES/`` (COCO; class
+    names from the json), ``NAME=ANNOTATIONS.json`` (images beside it), ``NAME=data.yaml[:SPLIT]`` (an Ultralytics
+    dataset, its ``train`` split unless named) or ``NAME=LABELME_FOLDER/``. With ``quiet``, a name already
+    registered with the same files is left as it is (workers of one launch)."""
     names = []
     for spec in specs:
         name, sep, paths = spec.partition("=")
+        if not (sep and name and paths):
+            raise DatasetError(f"--dataset {spec}: expected NAME=ANNOTATIONS.json:IMAGES_FOLDER, "
+                               "NAME=data.yaml[:SPLIT] or NAME=LABELME_FOLDER")
+        if os.path.isdir(paths) or paths.endswith((".yaml", ".yml", ".json")) or ".yaml:" in paths \
+                or ".yml:" in paths:
+            path, _, split = paths.rpartition(":") if (".yaml:" in paths or ".yml:" in paths) else (paths, "", "")
+            if not os.path.exists(path):
+                raise DatasetError(f"--dataset {name}: {path} does not exist")
+            if split and split not in SPLITS:
+                raise DatasetError(f"--dataset {spec}: the split must be one of {', '.join(SPLITS)}")
+            names.append(register_source(name, path, split or "train"))
+            continue
         json_file, sep2, image_root = paths.rpartition(":")
-        if not (sep and sep2 and name and json_file and image_root):
+        if not (sep2 and json_file and image_root):
             raise DatasetError(f"--dataset {spec}: expected NAME=ANNOTATIONS.json:IMAGES_FOLDER")
         if not os.path.isfile(json_file):
             raise DatasetError(f"--dataset {name}: annotation file {json_file} does not exist")

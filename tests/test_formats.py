@@ -1,0 +1,143 @@
+"""Datasets as they come: Ultralytics YOLO-seg and LabelMe read into the same dicts as the same data in COCO, the
+conversions between the three (embedmask convert), and bad label rows reported by file and line."""
+
+import json
+import logging
+import os
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+
+from adet.cli import main as embedmask
+from adet.data import DatasetCatalog, MetadataCatalog
+from adet.data.convert import join_parts, write_labelme, write_yolo
+from adet.data.register import register_datasets_from_args
+from adet.data.sources import read_source
+from adet.data.synthetic import write_split
+from adet.structures.masks import segmentation_to_rle
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    root = tmp_path_factory.mktemp("formats")
+    json_file = write_split(str(root), "shapes", 8, seed=21)  # polygons, some instances in 2-3 parts (occlusion)
+    return {"root": root, "json": json_file, "images": str(root / "shapes")}
+
+
+def masks_by_image(data, image_root):
+    """{image file's base name: [(class name, mask), ...] in annotation order}."""
+    names = {c["id"]: c["name"] for c in data["categories"]}
+    found = {}
+    for image in data["images"]:
+        base = os.path.splitext(os.path.basename(image["file_name"]))[0]
+        found[base] = [(names[a["category_id"]], mask_util.decode(segmentation_to_rle(
+            a["segmentation"], image["height"], image["width"])).astype(bool))
+            for a in data["annotations"] if a["image_id"] == image["id"]]
+    return found
+
+
+def iou(a, b):
+    return (a & b).sum() / max((a | b).sum(), 1)
+
+
+@pytest.mark.parametrize("writer, reread", [(write_yolo, lambda out: str(out / "data.yaml")),
+                                            (write_labelme, lambda out: str(out))])
+def test_yolo_and_labelme_give_the_dicts_of_the_same_data_in_coco(coco, tmp_path, writer, reread):
+    original, root = read_source(coco["json"], images=coco["images"])
+    report = writer(original, root, str(tmp_path / "out"), "train")
+    assert report["images"] == 8 and report["instances"] == len(original["annotations"]) > 20
+    again, _ = read_source(reread(tmp_path / "out"))
+    order = [c["name"] for c in sorted(again["categories"], key=lambda c: c["id"])]
+    # YOLO keeps the class order (names); LabelMe has no class list: its labels, sorted.
+    assert order == (["circle", "square", "triangle", "star"] if writer is write_yolo else
+                     ["circle", "square", "star", "triangle"])
+    before, after = masks_by_image(original, root), masks_by_image(again, "")
+    assert before.keys() == after.keys() and len(before) == 8
+    single = 0
+    for base, instances in before.items():
+        assert [name for name, _ in after[base]] == [name for name, _ in instances], base
+        for (_, expected), (_, got) in zip(instances, after[base]):
+            assert iou(expected, got) >= 0.99, base  # multi-part instances: bridged (YOLO) or grouped (LabelMe)
+    # Single-polygon instances keep their vertices to 1e-4 of the image size.
+    for a, b in zip(original["annotations"], again["annotations"]):
+        if len(a["segmentation"]) == 1:
+            single += 1
+            delta = np.abs(np.subtract(a["segmentation"][0], b["segmentation"][0])).max()
+            assert delta <= 1e-4 * 160
+    assert single > 20
+
+
+def test_training_dicts_are_those_of_coco_through_dataset_specs(coco, tmp_path):
+    original, root = read_source(coco["json"], images=coco["images"])
+    write_yolo(original, root, str(tmp_path / "yolo"), "train")
+    write_labelme(original, root, str(tmp_path / "labelme"))
+    names = register_datasets_from_args([f"as_coco={coco['json']}:{coco['images']}",
+                                         f"as_yolo={tmp_path / 'yolo' / 'data.yaml'}:val",
+                                         f"as_labelme={tmp_path / 'labelme'}"])
+    dicts = {name: DatasetCatalog.get(name) for name in names}
+    classes = {name: MetadataCatalog.get(name).thing_classes for name in names}
+    for name in ("as_yolo", "as_labelme"):
+        assert len(dicts[name]) == len(dicts["as_coco"]) == 8
+        for ours, theirs in zip(dicts[name], dicts["as_coco"]):
+            assert (ours["height"], ours["width"]) == (theirs["height"], theirs["width"])
+            assert [classes[name][a["category_id"]] for a in ours["annotations"]] == [
+                classes["as_coco"][a["category_id"]] for a in theirs["annotations"]]
+            # The boxes: the polygons' extent here, the pixels' in the generator's json (up to 1 px larger).
+            assert np.allclose([a["bbox"] for a in ours["annotations"]], [a["bbox"] for a in theirs["annotations"]],
+                               atol=1.0)
+
+
+def test_bridges_join_parts_into_one_polygon_that_fills_as_their_union():
+    left, right = [0, 0, 4, 0, 4, 4, 0, 4], [10, 0, 14, 0, 14, 4, 10, 4]
+    joined = join_parts([left, right])
+    assert len(joined) == 2 * (4 + 5 + 1)  # 4 corners, the other part's 4 plus its closing vertex, the way back
+    union = mask_util.decode(segmentation_to_rle([left, right], 8, 16))
+    assert np.array_equal(mask_util.decode(segmentation_to_rle([joined], 8, 16)), union)
+
+
+def test_bad_label_rows_are_skipped_and_named_by_file_and_line(coco, tmp_path, caplog):
+    original, root = read_source(coco["json"], images=coco["images"])
+    write_yolo(original, root, str(tmp_path / "yolo"), "train")
+    labels = sorted((tmp_path / "yolo" / "labels" / "train").iterdir())
+    good = labels[0].read_text().splitlines()
+    labels[0].write_text("\n".join(good + ["1 0.1 0.2 0.3", "9 0.1 0.1 0.2 0.1 0.2 0.2", "0 0.1 0.1 1.5 0.1 0.2 0.2",
+                                           "x y"]) + "\n")
+    os.remove(tmp_path / "yolo" / "images" / "train" / sorted(os.listdir(tmp_path / "yolo" / "images" / "train"))[-1])
+    with caplog.at_level(logging.WARNING, logger="adet"):
+        data, _ = read_source(str(tmp_path / "yolo" / "data.yaml"))
+    assert len(data["images"]) == 7 and len(data["annotations"]) > 15
+    message = next(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
+    assert "4 label line(s) or image(s) skipped" in message  # the removed image is simply not listed
+    assert f"{labels[0]}:{len(good) + 1}: 3 coordinates" in message
+    assert f"{labels[0]}:{len(good) + 2}: class id 9 not in names (0..3)" in message
+    assert f"{labels[0]}:{len(good) + 3}: coordinates outside [0, 1]" in message
+
+
+def test_convert_writes_each_layout_and_reports_what_it_cannot_hold(coco, tmp_path, capsys):
+    data = json.load(open(coco["json"]))
+    first = data["annotations"][0]
+    mask = mask_util.decode(segmentation_to_rle(first["segmentation"], 128, 160))
+    mask[:, :] = 0
+    mask[20:60, 20:60] = 1
+    mask[35:45, 35:45] = 0  # a hole
+    rle = mask_util.encode(np.asfortranarray(mask))
+    first["segmentation"] = {"size": [128, 160], "counts": rle["counts"].decode()}
+    first["bbox"] = [20.0, 20.0, 40.0, 40.0]
+    data["annotations"][1]["iscrowd"] = 1
+    data["annotations"][1]["segmentation"] = mask_util.encode(np.asfortranarray(mask)) | {}
+    data["annotations"][1]["segmentation"]["counts"] = data["annotations"][1]["segmentation"]["counts"].decode()
+    (tmp_path / "edited.json").write_text(json.dumps(data))
+    assert embedmask(["convert", str(tmp_path / "edited.json"), "--images", coco["images"], "--to", "yolo",
+                      "--output", str(tmp_path / "yolo")]) == 0
+    out = capsys.readouterr().out
+    assert f"as yolo: {tmp_path / 'yolo' / 'data.yaml'}" in out
+    assert "1 crowd annotations (not in the format)" in out and "1 masks with holes" in out
+    assert sorted(os.listdir(tmp_path / "yolo")) == ["data.yaml", "images", "labels"]
+    assert embedmask(["convert", str(tmp_path / "yolo" / "data.yaml"), "--to", "coco",
+                      "--output", str(tmp_path / "coco")]) == 0
+    written = json.load(open(tmp_path / "coco" / "annotations" / "train.json"))
+    assert len(written["images"]) == 8 and len(written["annotations"]) == len(data["annotations"]) - 1
+    assert sorted(os.listdir(tmp_path / "coco" / "images" / "train")) == sorted(os.listdir(coco["images"]))
+    assert embedmask(["convert", str(tmp_path / "missing.json"), "--to", "yolo", "--output", str(tmp_path / "x")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.json'}: no such file or folder"
