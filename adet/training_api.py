@@ -15,6 +15,7 @@ from typing import Any
 from adet.config import CfgNode
 from adet.data import DatasetCatalog, MetadataCatalog, register_datasets_from_args
 from adet.data.build import check_num_classes
+from adet.data.sources import detect_format, path_and_split, register_path_name
 from adet.engine import DefaultTrainer, default_setup
 from adet.engine.evaluate import evaluate_datasets, single_dataset_results
 from adet.engine.training.hooks import Callbacks
@@ -29,11 +30,21 @@ SHORT_NAMES = {"iterations": "SOLVER.MAX_ITER", "batch": "SOLVER.IMS_PER_BATCH",
 
 
 def dataset_name(value: Any, split: str) -> str:
-    """A registered dataset for ``value``: its name, or a ``(json, images)`` pair registered under the json's stem."""
+    """A registered dataset for ``value``: its name; a path (a COCO json with its images beside it, an Ultralytics
+    data.yaml, whose ``split`` is used, or a LabelMe folder) registered under a name saying which; or a ``(json,
+    images)`` pair registered under the json's stem."""
+    if isinstance(value, (str, os.PathLike)) and os.fspath(value) not in DatasetCatalog.list():
+        path = os.fspath(value)
+        found = path_and_split(path)
+        if found is None:
+            raise DatasetError(f"data {split}={path!r}: no such registered dataset or dataset path (a COCO .json, a "
+                               "data.yaml, a LabelMe folder, or (annotations.json, images_folder))")
+        name = f"{found[0]}:{found[1] or ('val' if split == 'val' else 'train')}" if detect_format(found[0]) == \
+            "yolo" else path
+        if name not in DatasetCatalog.list():
+            register_path_name(name)
+        return name
     if isinstance(value, str):
-        if value not in DatasetCatalog.list():
-            raise DatasetError(f"data {split}={value!r}: no such registered dataset (register it, or pass "
-                               f"(annotations.json, images_folder))")
         return value
     if isinstance(value, (tuple, list)) and len(value) == 2:
         json_file, images = map(os.fspath, value)
@@ -53,6 +64,8 @@ def split_data(data: Any) -> tuple[str | None, str | None]:
             raise DatasetError(f"data: unknown split(s) {sorted(unknown)}; use 'train' and 'val'")
         return (dataset_name(data["train"], "train") if data.get("train") is not None else None,
                 dataset_name(data["val"], "val") if data.get("val") is not None else None)
+    if isinstance(data, (str, os.PathLike)) and os.fspath(data).endswith((".yaml", ".yml")):
+        return dataset_name(data, "train"), dataset_name(data, "val")  # a data.yaml: its train and val splits
     name = dataset_name(data, "data")
     return name, name
 

@@ -141,3 +141,54 @@ def test_convert_writes_each_layout_and_reports_what_it_cannot_hold(coco, tmp_pa
     assert sorted(os.listdir(tmp_path / "coco" / "images" / "train")) == sorted(os.listdir(coco["images"]))
     assert embedmask(["convert", str(tmp_path / "missing.json"), "--to", "yolo", "--output", str(tmp_path / "x")]) == 2
     assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'missing.json'}: no such file or folder"
+
+
+def test_training_on_yolo_and_labelme_folders_gives_the_coco_runs_losses(coco, tmp_path):
+    """`train --data` on the same data in the three formats: equal losses (the COCO file here has the boxes and
+    class order the other formats can hold: polygon extents, classes by name)."""
+    from .conftest import load_tool
+    from .test_train import read_losses, tiny_train_args
+
+    data = json.load(open(coco["json"]))
+    order = {c["id"]: rank for rank, c in enumerate(sorted(data["categories"], key=lambda c: c["name"]))}
+    data["categories"] = [{"id": order[c["id"]], "name": c["name"]} for c in data["categories"]]
+    for a in data["annotations"]:
+        xs = [v for p in a["segmentation"] for v in p[0::2]]
+        ys = [v for p in a["segmentation"] for v in p[1::2]]
+        a["bbox"] = [min(xs), min(ys), max(xs) - min(xs), max(ys) - min(ys)]
+        a["category_id"] = order[a["category_id"]]
+    canonical = tmp_path / "coco" / "shapes.json"
+    os.makedirs(canonical.parent)
+    canonical.write_text(json.dumps(data))
+    for name in os.listdir(coco["images"]):  # images beside the json: `--data ann.json` finds them
+        os.symlink(os.path.join(coco["images"], name), canonical.parent / name)
+    assert embedmask(["convert", str(canonical), "--to", "yolo", "--output", str(tmp_path / "yolo")]) == 0
+    assert embedmask(["convert", str(canonical), "--to", "labelme", "--output", str(tmp_path / "labelme")]) == 0
+    train_net = load_tool("tools/train_net.py")
+    losses = {}
+    for kind, path in (("coco", canonical), ("yolo", tmp_path / "yolo" / "data.yaml"),
+                       ("labelme", tmp_path / "labelme")):
+        args = tiny_train_args({"dataset": f"unused_{kind}={coco['json']}:{coco['images']}"}, tmp_path / kind / "out",
+                               "SOLVER.MAX_ITER", "3", "TEST.EVAL_PERIOD", "0")
+        train_net.cli(args + ["--data", str(path)])
+        losses[kind] = read_losses(tmp_path / kind / "out")
+    assert len(losses["coco"]) == 3
+    for kind in ("yolo", "labelme"):
+        for iteration, expected in losses["coco"].items():
+            assert losses[kind][iteration] == pytest.approx(expected, rel=1e-4), (kind, iteration)
+
+
+def test_the_python_api_takes_dataset_paths(coco, tmp_path):
+    from adet.errors import DatasetError
+    from adet.training_api import split_data
+
+    original, root = read_source(coco["json"], images=coco["images"])
+    write_yolo(original, root, str(tmp_path / "yolo"), "train")
+    write_labelme(original, root, str(tmp_path / "labelme"))
+    yaml_path = str(tmp_path / "yolo" / "data.yaml")
+    assert split_data(yaml_path) == (f"{yaml_path}:train", f"{yaml_path}:val")
+    assert split_data({"train": str(tmp_path / "labelme"), "val": yaml_path}) == (str(tmp_path / "labelme"),
+                                                                                  f"{yaml_path}:val")
+    assert len(DatasetCatalog.get(f"{yaml_path}:val")) == 8 and len(DatasetCatalog.get(str(tmp_path / "labelme"))) == 8
+    with pytest.raises(DatasetError, match="no such registered dataset or dataset path"):
+        split_data(str(tmp_path / "nowhere.yaml"))

@@ -54,6 +54,10 @@ def build_parser(prog: str | None = None, eval_only: bool = False) -> ArgumentPa
                         help="only evaluate MODEL.WEIGHTS on DATASETS.TEST")
     add_launch_arguments(parser)
     add_dataset_argument(parser)
+    parser.add_argument("--data", default="", metavar="PATH",
+                        help="a dataset by path: a COCO .json (images beside it), an Ultralytics data.yaml or a "
+                             "LabelMe folder; trains on its train split and evaluates on its val split (with "
+                             "--eval-only: evaluates on it)")
     parser.add_argument("--log-period", type=int, default=20, metavar="N",
                         help="write losses to the console and metrics.json every N iterations")
     return parser
@@ -62,7 +66,10 @@ def build_parser(prog: str | None = None, eval_only: bool = False) -> ArgumentPa
 def config_from_args(args: argparse.Namespace):
     """The frozen config of a command line (``--dataset`` registered first: the config may name them)."""
     names = register_datasets_from_args(args.dataset)
-    cfg = resolve_config(args.config_file, args.weights, args.opts, datasets=names)
+    opts = list(args.opts)
+    if args.data:  # a path: resolve_config registers it, by split (data.yaml:train and data.yaml:val)
+        opts += ["DATASETS.TEST", (args.data,)] + ([] if args.eval_only else ["DATASETS.TRAIN", (args.data,)])
+    cfg = resolve_config(args.config_file, args.weights, opts, datasets=names)
     cfg.freeze()
     return cfg
 

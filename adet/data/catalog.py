@@ -45,7 +45,13 @@ class _DatasetCatalog(dict):
             raise KeyError(f"Dataset '{name}' is already registered")
         self[name] = func
 
+    # Registers a dataset named by its path (``adet.data.sources.register_path_name``) on first use, in whichever
+    # process asks: spawned workers see the config's path names without a registration of their own.
+    path_registrar: Callable[[str], bool] | None = None
+
     def get(self, name: str) -> list[dict]:  # type: ignore[override]
+        if name not in self and self.path_registrar is not None:
+            self.path_registrar(name)
         if name not in self:
             hint = difflib.get_close_matches(name, list(self), n=1)
             raise UnknownDatasetError(f"Dataset '{name}' is not registered" +

@@ -15,7 +15,7 @@ from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import coco_dataset_dicts
 from .labelme import labelme_folder_to_coco
 from .validation import load_coco, validate_coco
-from .yolo import yolo_split_to_coco
+from .yolo import SPLITS, yolo_split_to_coco
 
 logger = logging.getLogger(__name__)
 
@@ -82,3 +82,50 @@ def write_coco_json(data: dict[str, Any], path: str) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w", encoding="utf-8") as f:
         json.dump({k: data[k] for k in ("images", "annotations", "categories")}, f)
+
+
+def path_and_split(entry: str) -> tuple[str, str] | None:
+    """(path, split) of a dataset named by its path (``data.yaml:val``, ``data.yaml``, ``ann.json``, a LabelMe
+    folder), or None when ``entry`` is not one. The split is "" unless given."""
+    path, sep, split = entry.rpartition(":")
+    if sep and split in SPLITS and os.path.exists(path):
+        return path, split
+    return (entry, "") if os.path.exists(entry) else None
+
+
+def register_path_name(name: str, default_split: str = "train") -> bool:
+    """Register ``name`` if it is a dataset's path (see :func:`path_and_split`); True when it now is registered."""
+    found = path_and_split(name)
+    if found is None:
+        return False
+    path, split = found
+    register_source(name, path, split or default_split)
+    return True
+
+
+def register_dataset_paths(cfg) -> list[str]:
+    """Datasets given by path in DATASETS.TRAIN and DATASETS.TEST registered under names that say what they are: a
+    data.yaml becomes ``data.yaml:train`` in TRAIN and ``data.yaml:val`` in TEST (unless a split is named), other
+    paths keep their path as name. ``cfg`` is changed in place; returns the names registered from paths."""
+    registered = []
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    for key, default_split in (("TRAIN", "train"), ("TEST", "val")):
+        entries = []
+        for entry in cfg.DATASETS[key]:
+            found = None if entry in DatasetCatalog else path_and_split(entry)
+            if found is not None:
+                path, split = found
+                if detect_format(path) == "yolo":
+                    entry = f"{path}:{split or default_split}"
+                if entry not in DatasetCatalog:
+                    register_source(entry, path, split or default_split)
+                registered.append(entry)
+            entries.append(entry)
+        cfg.DATASETS[key] = tuple(entries)
+    if frozen:
+        cfg.freeze()
+    return registered
+
+
+DatasetCatalog.path_registrar = register_path_name

@@ -16,6 +16,7 @@ import torch
 from adet.checkpoint import checkpoint_config
 from adet.config import CfgNode, get_cfg, get_config_file
 from adet.data import MetadataCatalog
+from adet.data.sources import register_dataset_paths
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ def resolve_config(config_file: str = "", weights: str = "", overrides: Sequence
             cfg.MODEL.DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
     elif device is not None:
         cfg.MODEL.DEVICE = device
+    datasets = [*datasets, *register_dataset_paths(cfg)]  # DATASETS entries given as paths (any format)
     if cfg.DATASETS.TRAIN and cfg.DATASETS.TRAIN[0] in datasets and "MODEL.FCOS.NUM_CLASSES" not in overridden:
         classes = MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).get("thing_classes")
         if classes and len(classes) != cfg.MODEL.FCOS.NUM_CLASSES:
