@@ -27,7 +27,7 @@ import numpy as np
 from adet import training_api
 from adet.config import CfgNode, set_score_threshold
 from adet.data import MetadataCatalog
-from adet.data.image_io import as_color_uint8, read_image
+from adet.data.image_io import as_color_uint8, image_id_from_name, read_image
 from adet.engine import DefaultPredictor
 from adet.engine.evaluate import single_dataset_results
 from adet.engine.inference.sliced import slice_overrides, sliced
@@ -233,12 +233,6 @@ def as_bgr(image, format: str = "BGR") -> tuple[np.ndarray, str]:
         image = as_color_uint8(image)
         return (np.ascontiguousarray(image[:, :, ::-1]) if format == "RGB" else image), ""
     raise TypeError(f"expected a file path, a PIL image or an (H, W, 3) uint8 array, got {type(image).__name__}")
-
-
-def image_id_from_name(path: str) -> int | str:
-    """COCO's file naming (``000000397133.jpg`` is image 397133): the numeric stem as an int, else the file name."""
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else os.path.basename(path)
 
 
 def _dataset_metadata(cfg: CfgNode, key: str):

@@ -192,3 +192,35 @@ def test_the_python_api_takes_dataset_paths(coco, tmp_path):
     assert len(DatasetCatalog.get(f"{yaml_path}:val")) == 8 and len(DatasetCatalog.get(str(tmp_path / "labelme"))) == 8
     with pytest.raises(DatasetError, match="no such registered dataset or dataset path"):
         split_data(str(tmp_path / "nowhere.yaml"))
+
+
+def test_predictions_become_a_dataset_of_pseudo_labels(tmp_path):
+    import cv2
+
+    from .conftest import shapes_image
+    from .test_api import save_checkpoint
+
+    weights = save_checkpoint(str(tmp_path / "w.pth"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(photos / f"photo_{k}.png"), shapes_image(96, 128, seed=k)[0])
+    assert embedmask(["predict", "--weights", weights, "--input", str(photos), "--json", str(tmp_path / "r.json"),
+                      "--confidence-threshold", "0.3", "--device", "cpu"]) == 0
+    results = json.load(open(tmp_path / "r.json"))
+    threshold = sorted(r["score"] for r in results)[len(results) // 2]  # keeps about half
+    kept = [r for r in results if r["score"] >= threshold and mask_util.area(segmentation_to_rle(
+        r["segmentation"], 96, 128)) > 0]  # a detection with an empty mask is no label
+    assert len(results) // 2 > len(kept) > 3
+    assert embedmask(["convert", str(photos), "--from-predictions", str(tmp_path / "r.json"), "--score-threshold",
+                      str(threshold), "--to", "labelme", "--output", str(tmp_path / "review")]) == 0
+    labelled, _ = read_source(str(tmp_path / "review"))
+    assert len(labelled["images"]) == 3 and len(labelled["annotations"]) == len(kept)
+    by_file = {os.path.basename(i["file_name"]): i for i in labelled["images"]}
+    for image_name in by_file:
+        expected = [r for r in kept if os.path.basename(r["file_name"]) == image_name]
+        got = [a for a in labelled["annotations"] if a["image_id"] == by_file[image_name]["id"]]
+        assert len(got) == len(expected)
+        for r, a in zip(expected, got):
+            assert iou(mask_util.decode(r["segmentation"]).astype(bool),
+                       mask_util.decode(segmentation_to_rle(a["segmentation"], 96, 128)).astype(bool)) >= 0.95

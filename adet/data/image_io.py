@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -55,3 +57,9 @@ def image_size(path: str) -> tuple[int, int] | None:
     except (FileNotFoundError, UnidentifiedImageError, OSError, SyntaxError, ValueError):
         return None
     return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
+
+
+def image_id_from_name(path: str) -> int | str:
+    """COCO's file naming (``000000397133.jpg`` is image 397133): the numeric stem as an int, else the file name."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else os.path.basename(path)

@@ -9,13 +9,17 @@ import logging
 import os
 from typing import Any
 
+import pycocotools.mask as mask_util
+
 from adet.errors import DatasetError
+from adet.structures.masks import segmentation_to_rle
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import coco_dataset_dicts
-from .labelme import labelme_folder_to_coco
+from .image_io import image_id_from_name, image_size
+from .labelme import labelme_files, labelme_folder_to_coco
 from .validation import load_coco, validate_coco
-from .yolo import SPLITS, yolo_split_to_coco
+from .yolo import IMAGE_EXTENSIONS, SPLITS, yolo_split_to_coco
 
 logger = logging.getLogger(__name__)
 
@@ -75,6 +79,54 @@ def register_source(name: str, path: str, split: str = "train", images: str = ""
         metadata.update(json_file=path, image_root=images or os.path.dirname(os.path.abspath(path)))
     MetadataCatalog.get(name).set(**metadata)
     return name
+
+
+def predictions_to_coco(predictions_json: str, source: str, images: str = "", split: str = "train",
+                        threshold: float = 0.5) -> tuple[dict[str, Any], str]:
+    """A dataset of pseudo-labels: the detections of ``predictions_json`` (COCO results, as ``embedmask predict
+    --json`` writes them) scoring at least ``threshold``, on the images of ``source``: a dataset (any format; its
+    categories are kept, its annotations replaced) or a folder of images (categories from the detections'
+    ``category_name``). Detections find their image by ``file_name`` when they carry one, else by ``image_id``."""
+    try:
+        with open(predictions_json, encoding="utf-8") as f:
+            predictions = json.load(f)
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(f"--from-predictions {predictions_json}: not a readable JSON file ({e})") from None
+    if not isinstance(predictions, list) or not all(isinstance(p, dict) and "segmentation" in p for p in predictions):
+        raise DatasetError(f"--from-predictions {predictions_json}: not a list of COCO results with masks")
+    if os.path.isdir(source) and not labelme_files(source):  # a folder of images
+        files = sorted(f for f in os.listdir(source) if f.lower().endswith(IMAGE_EXTENSIONS))
+        sized = [(f, image_size(os.path.join(source, f))) for f in files]
+        data = {"images": [{"id": k + 1, "file_name": f, "width": s[0], "height": s[1]}
+                           for k, (f, s) in enumerate(sized) if s is not None],
+                "categories": sorted({(p["category_id"], p.get("category_name") or f"class {p['category_id']}")
+                                      for p in predictions})}
+        data["categories"] = [{"id": i, "name": n} for i, n in data["categories"]]
+        root = source
+        by_id = {image_id_from_name(image["file_name"]): image["id"] for image in data["images"]}
+    else:
+        data, root = read_source(source, split, images)
+        by_id = {image["id"]: image["id"] for image in data["images"]}
+    by_file = {os.path.basename(image["file_name"]): image["id"] for image in data["images"]}
+    confident = [p for p in predictions if p.get("score", 0) >= threshold]
+    kept = [p for p in confident if mask_util.area(segmentation_to_rle(p["segmentation"], *p["segmentation"]["size"]))]
+    if len(kept) < len(confident):
+        logger.warning("--from-predictions %s: %d detection(s) with an empty mask left out", predictions_json,
+                       len(confident) - len(kept))
+    annotations = []
+    for p in kept:
+        image_id = by_file.get(os.path.basename(p["file_name"])) if p.get("file_name") else by_id.get(p["image_id"])
+        if image_id is not None:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id, "category_id": p["category_id"],
+                                "segmentation": p["segmentation"], "bbox": p.get("bbox"), "iscrowd": 0})
+    if len(annotations) < len(kept):
+        logger.warning("--from-predictions %s: %d detection(s) of images not in %s left out", predictions_json,
+                       len(kept) - len(annotations), source)
+    clean, report = validate_coco(dict(data, annotations=annotations), predictions_json, require_annotations=False)
+    if report:
+        logger.warning("%s", report.summary())
+    logger.info("%d of %d detections score at least %s", len(annotations), len(predictions), threshold)
+    return clean, root
 
 
 def write_coco_json(data: dict[str, Any], path: str) -> None:
