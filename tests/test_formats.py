@@ -224,3 +224,37 @@ def test_predictions_become_a_dataset_of_pseudo_labels(tmp_path):
         for r, a in zip(expected, got):
             assert iou(mask_util.decode(r["segmentation"]).astype(bool),
                        mask_util.decode(segmentation_to_rle(a["segmentation"], 96, 128)).astype(bool)) >= 0.95
+
+
+def test_evaluation_on_each_format_of_the_same_data_gives_the_same_ap(tmp_path):
+    """A model's own confident detections as ground truth, written in the three formats: `eval --data` scores the
+    model alike on each (high AP: the truth is what it finds)."""
+    import cv2
+
+    from adet.cli.train import eval_main
+
+    from .conftest import shapes_image
+    from .test_api import save_checkpoint
+
+    weights = save_checkpoint(str(tmp_path / "w.pth"))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for k in range(3):
+        cv2.imwrite(str(photos / f"photo_{k}.png"), shapes_image(96, 128, seed=k)[0])
+    assert embedmask(["predict", "--weights", weights, "--input", str(photos), "--json", str(tmp_path / "r.json"),
+                      "--device", "cpu"]) == 0
+    results = {}
+    for kind in ("coco", "yolo", "labelme"):
+        assert embedmask(["convert", str(photos), "--from-predictions", str(tmp_path / "r.json"), "--score-threshold",
+                          "0.7", "--to", kind, "--output", str(tmp_path / kind)]) == 0
+        path = {"coco": tmp_path / "coco" / "annotations" / "train.json", "yolo": tmp_path / "yolo" / "data.yaml",
+                "labelme": tmp_path / "labelme"}[kind]
+        if kind == "coco":  # `--data ann.json` takes the images beside it
+            for name in os.listdir(tmp_path / "coco" / "images" / "train"):
+                os.symlink(tmp_path / "coco" / "images" / "train" / name, path.parent / name)
+        results[kind] = eval_main(["--weights", weights, "--data", str(path), "MODEL.DEVICE", "cpu",
+                                   "OUTPUT_DIR", str(tmp_path / f"eval_{kind}")])
+    aps = {kind: next(iter(r.values()))["segm"]["AP"] for kind, r in results.items()}
+    assert aps["coco"] > 50
+    for kind in ("yolo", "labelme"):
+        assert aps[kind] == pytest.approx(aps["coco"], abs=1e-6), kind

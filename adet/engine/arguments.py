@@ -41,7 +41,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, weights: bool = True, 
 
 def add_dataset_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", action="append", default=[], metavar="NAME=ANNOTATIONS.json:IMAGES/",
-                        help="register a COCO-format dataset (repeatable); use NAME in DATASETS.TRAIN/TEST")
+                        help="register a dataset (repeatable; use NAME in DATASETS.TRAIN/TEST): COCO "
+                             "NAME=ANNOTATIONS.json:IMAGES/ or NAME=ANNOTATIONS.json (images beside it), Ultralytics "
+                             "NAME=data.yaml[:SPLIT], LabelMe NAME=FOLDER/")
 
 
 def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
