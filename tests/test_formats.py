@@ -258,3 +258,64 @@ def test_evaluation_on_each_format_of_the_same_data_gives_the_same_ap(tmp_path):
     assert aps["coco"] > 50
     for kind in ("yolo", "labelme"):
         assert aps[kind] == pytest.approx(aps["coco"], abs=1e-6), kind
+
+
+def test_labelme_shapes_groups_embedded_images_and_masks(tmp_path, caplog):
+    import base64
+    import io
+
+    from PIL import Image
+
+    image = np.zeros((40, 60, 3), np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    mask = np.zeros((10, 20), np.uint8)
+    mask[2:8, 5:15] = 1
+    mask_png = io.BytesIO()
+    Image.fromarray(mask * 255).save(mask_png, format="PNG")
+    shapes = [
+        {"label": "cat", "points": [[5, 5], [15, 5], [15, 15]], "group_id": 1, "shape_type": "polygon"},
+        {"label": "cat", "points": [[30, 5], [40, 5], [40, 15]], "group_id": 1, "shape_type": "polygon"},
+        {"label": "box", "points": [[50, 30], [42, 22]], "group_id": None, "shape_type": "rectangle"},
+        {"label": "blob", "points": [[10, 20], [29, 29]], "group_id": None, "shape_type": "mask",
+         "mask": base64.b64encode(mask_png.getvalue()).decode()},
+        {"label": "cat", "points": [[1, 1], [3, 3]], "group_id": None, "shape_type": "circle"},
+        {"label": "", "points": [[1, 1], [3, 1], [3, 3]], "group_id": None, "shape_type": "polygon"},
+    ]
+    (tmp_path / "a.json").write_text(json.dumps({"shapes": shapes, "imagePath": None, "imageHeight": 40,
+                                                 "imageWidth": 60,
+                                                 "imageData": base64.b64encode(buffer.getvalue()).decode()}))
+    with caplog.at_level(logging.WARNING, logger="adet"):
+        data, _ = read_source(str(tmp_path))
+    assert [c["name"] for c in data["categories"]] == ["blob", "box", "cat"]
+    by_class = {data["categories"][a["category_id"]]["name"]: a for a in data["annotations"]}
+    assert len(data["annotations"]) == 3  # the two cat polygons are one instance
+    assert len(by_class["cat"]["segmentation"]) == 2 and by_class["box"]["bbox"] == [42, 22, 8, 8]
+    blob = mask_util.decode(segmentation_to_rle(by_class["blob"]["segmentation"], 40, 60))
+    assert blob.sum() == 60 and blob[22:28, 15:25].all()  # the mask placed at its top-left corner (10, 20)
+    assert os.path.isfile(data["images"][0]["file_name"])  # imageData written out once
+    message = next(r.getMessage() for r in caplog.records if "skipped" in r.getMessage())
+    assert "2 LabelMe shape(s) or file(s) skipped" in message and "a circle shape" in message
+
+
+def test_a_split_listed_in_a_txt_file_reports_a_missing_image_and_resolves_like_ultralytics(coco, tmp_path, caplog,
+                                                                                            monkeypatch):
+    original, root = read_source(coco["json"], images=coco["images"])
+    write_yolo(original, root, str(tmp_path / "yolo"), "train")
+    images = sorted(os.listdir(tmp_path / "yolo" / "images" / "train"))
+    (tmp_path / "yolo" / "val.txt").write_text("".join(f"./images/train/{n}\n" for n in images[:3]) +
+                                              "./images/train/gone.png\n")
+    # Roboflow's layout: no path, splits as ../x from the yaml's folder
+    (tmp_path / "yolo" / "sub").mkdir()
+    (tmp_path / "yolo" / "sub" / "data.yaml").write_text(
+        "train: ../images/train\nval: ../val.txt\nnames: [a, b, c, d]\n")
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.WARNING, logger="adet"):
+        val, _ = read_source(str(tmp_path / "yolo" / "sub" / "data.yaml"), "val")
+    assert len(val["images"]) == 3
+    assert any("images/train/gone.png: missing or unreadable image" in r.getMessage() for r in caplog.records)
+    train, _ = read_source(str(tmp_path / "yolo" / "sub" / "data.yaml"), "train")
+    assert len(train["images"]) == 8
+    # Roboflow writes "../train/images" beside the yaml: Ultralytics retries without the "../"
+    (tmp_path / "yolo" / "roboflow.yaml").write_text("train: ../images/train\nnames: [a, b, c, d]\n")
+    assert len(read_source(str(tmp_path / "yolo" / "roboflow.yaml"), "train")[0]["images"]) == 8

@@ -90,7 +90,7 @@ def test_we_read_what_ultralytics_converter_writes(ultralytics_python, dataset, 
     run(ultralytics_python, CONVERT, tmp_path / "annotations", tmp_path / "converted", cwd=tmp_path)
     shutil.copytree(root / "shapes", tmp_path / "converted" / "images" / "shapes")  # its labels' images
     (tmp_path / "converted" / "data.yaml").write_text(
-        "path: .\ntrain: images/shapes\nval: images/shapes\nnames: [circle, square, triangle, star]\n")
+        "train: images/shapes\nval: images/shapes\nnames: [circle, square, triangle, star]\n")  # from here
     theirs, _ = read_source(str(tmp_path / "converted" / "data.yaml"))
     source, _ = read_source(json_file, images=str(root / "shapes"))
     assert len(theirs["images"]) == 6 and len(theirs["annotations"]) == len(source["annotations"]) > 10

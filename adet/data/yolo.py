@@ -3,7 +3,8 @@ so that they go through the same validation, loader and evaluator as a COCO file
 
 ``data.yaml`` holds ``names`` (a list, or a dict {class id: name}), the splits ``train``/``val``/``test`` (each a
 folder of images, a txt file listing image paths, or a list of either) and an optional ``path`` that the splits
-are relative to (itself relative to the yaml's folder, as Ultralytics resolves it when it exists there). An image's
+are relative to (the yaml's folder without it; a relative one as Ultralytics resolves it, see
+:func:`read_data_yaml`). An image's
 labels are at the same path with its last ``images`` folder replaced by ``labels`` and a ``.txt`` extension; each
 line is ``class x1 y1 x2 y2 ...``, polygon vertices normalised to [0, 1] by the image's width and height (a line of
 4 values is a box ``cx cy w h``, as in detection datasets)."""
@@ -43,8 +44,13 @@ def read_data_yaml(path: str) -> dict[str, Any]:
     if not isinstance(names, list) or not names or not all(isinstance(n, (str, int)) for n in names):
         raise DatasetError(f"{path}: 'names' must be a non-empty list or dict of class names")
     folder = os.path.dirname(os.path.abspath(path))
-    root = data.get("path") or ""
-    root = root if os.path.isabs(root) else os.path.normpath(os.path.join(folder, root))
+    root = str(data.get("path") or "")
+    if not root:
+        root = folder  # no path: the splits are relative to the yaml (Roboflow's exports)
+    elif not os.path.isabs(root):
+        # Ultralytics takes a relative path from the working directory when it exists there (else from its
+        # datasets folder, a setting of its own: here, the yaml's folder).
+        root = os.path.abspath(root) if os.path.exists(root) else os.path.normpath(os.path.join(folder, root))
     return dict(data, names=[str(n) for n in names], root=root)
 
 
@@ -56,18 +62,30 @@ def split_images(data: dict[str, Any], split: str, source: str) -> list[str]:
     images = []
     for entry in entries if isinstance(entries, list) else [entries]:
         path = entry if os.path.isabs(entry) else os.path.normpath(os.path.join(data["root"], entry))
+        if not os.path.exists(path) and entry.startswith("../"):  # as Ultralytics: Roboflow's "../train/images"
+            path = os.path.normpath(os.path.join(data["root"], entry[3:]))
         if os.path.isdir(path):
             images += sorted(os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names
                              if name.lower().endswith(IMAGE_EXTENSIONS))
         elif os.path.isfile(path) and path.endswith(".txt"):
             with open(path, encoding="utf-8") as f:
                 listed = [line.strip() for line in f if line.strip()]
-            images += [p if os.path.isabs(p) else os.path.normpath(os.path.join(data["root"], p)) for p in listed]
+            images += [listed_path(p, os.path.dirname(path)) for p in listed]
         else:
             raise DatasetError(f"{source}: '{split}' entry {entry}: no such folder or .txt list (looked at {path})")
     if not images:
         raise DatasetError(f"{source}: the '{split}' split has no images")
     return images
+
+
+def listed_path(line: str, folder: str) -> str:
+    """An image path listed in a split's txt file, as Ultralytics reads it: ``./x`` from the file's ``folder``,
+    other relative paths from the working directory (here: from ``folder`` when not found there)."""
+    if line.startswith("./"):
+        return os.path.normpath(os.path.join(folder, line[2:]))
+    if os.path.isabs(line) or os.path.exists(line):
+        return os.path.abspath(line)
+    return os.path.normpath(os.path.join(folder, line))
 
 
 def label_path(image: str) -> str:
