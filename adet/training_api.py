@@ -15,7 +15,7 @@ from typing import Any
 from adet.config import CfgNode
 from adet.data import DatasetCatalog, MetadataCatalog, register_datasets_from_args
 from adet.data.build import check_num_classes
-from adet.data.sources import detect_format, path_and_split, register_path_name
+from adet.data.sources import register_path
 from adet.engine import DefaultTrainer, default_setup
 from adet.engine.evaluate import evaluate_datasets, single_dataset_results
 from adet.engine.training.hooks import Callbacks
@@ -34,15 +34,10 @@ def dataset_name(value: Any, split: str) -> str:
     data.yaml, whose ``split`` is used, or a LabelMe folder) registered under a name saying which; or a ``(json,
     images)`` pair registered under the json's stem."""
     if isinstance(value, (str, os.PathLike)) and os.fspath(value) not in DatasetCatalog.list():
-        path = os.fspath(value)
-        found = path_and_split(path)
-        if found is None:
-            raise DatasetError(f"data {split}={path!r}: no such registered dataset or dataset path (a COCO .json, a "
-                               "data.yaml, a LabelMe folder, or (annotations.json, images_folder))")
-        name = f"{found[0]}:{found[1] or ('val' if split == 'val' else 'train')}" if detect_format(found[0]) == \
-            "yolo" else path
-        if name not in DatasetCatalog.list():
-            register_path_name(name)
+        name = register_path(os.fspath(value), "val" if split == "val" else "train")
+        if name is None:
+            raise DatasetError(f"data {split}={os.fspath(value)!r}: no such registered dataset or dataset path (a "
+                               "COCO .json, a data.yaml, a LabelMe folder, or (annotations.json, images_folder))")
         return name
     if isinstance(value, str):
         return value

@@ -194,7 +194,8 @@ def test_the_python_api_takes_dataset_paths(coco, tmp_path):
         split_data(str(tmp_path / "nowhere.yaml"))
 
 
-def test_predictions_become_a_dataset_of_pseudo_labels(tmp_path):
+def predicted_photos(tmp_path, *options):
+    """A tiny model that detects, three photos of shapes and its ``predict --json`` results (tmp_path/r.json)."""
     import cv2
 
     from .conftest import shapes_image
@@ -206,7 +207,12 @@ def test_predictions_become_a_dataset_of_pseudo_labels(tmp_path):
     for k in range(3):
         cv2.imwrite(str(photos / f"photo_{k}.png"), shapes_image(96, 128, seed=k)[0])
     assert embedmask(["predict", "--weights", weights, "--input", str(photos), "--json", str(tmp_path / "r.json"),
-                      "--confidence-threshold", "0.3", "--device", "cpu"]) == 0
+                      "--device", "cpu", *options]) == 0
+    return weights, photos
+
+
+def test_predictions_become_a_dataset_of_pseudo_labels(tmp_path):
+    weights, photos = predicted_photos(tmp_path, "--confidence-threshold", "0.3")
     results = json.load(open(tmp_path / "r.json"))
     threshold = sorted(r["score"] for r in results)[len(results) // 2]  # keeps about half
     kept = [r for r in results if r["score"] >= threshold and mask_util.area(segmentation_to_rle(
@@ -229,20 +235,9 @@ def test_predictions_become_a_dataset_of_pseudo_labels(tmp_path):
 def test_evaluation_on_each_format_of_the_same_data_gives_the_same_ap(tmp_path):
     """A model's own confident detections as ground truth, written in the three formats: `eval --data` scores the
     model alike on each (high AP: the truth is what it finds)."""
-    import cv2
-
     from adet.cli.train import eval_main
 
-    from .conftest import shapes_image
-    from .test_api import save_checkpoint
-
-    weights = save_checkpoint(str(tmp_path / "w.pth"))
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    for k in range(3):
-        cv2.imwrite(str(photos / f"photo_{k}.png"), shapes_image(96, 128, seed=k)[0])
-    assert embedmask(["predict", "--weights", weights, "--input", str(photos), "--json", str(tmp_path / "r.json"),
-                      "--device", "cpu"]) == 0
+    weights, photos = predicted_photos(tmp_path)
     results = {}
     for kind in ("coco", "yolo", "labelme"):
         assert embedmask(["convert", str(photos), "--from-predictions", str(tmp_path / "r.json"), "--score-threshold",

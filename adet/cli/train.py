@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 import torch
 
@@ -26,6 +27,7 @@ from adet.engine.distributed.launch import (
 from adet.engine.distributed.run_claim import RunClaim
 from adet.engine.evaluate import evaluate_datasets
 from adet.engine.training.trainer import DefaultTrainer
+from adet.errors import PreflightError
 from adet.modeling import prepare_for_inference
 from adet.utils.logger import setup_logger
 
@@ -67,6 +69,9 @@ def config_from_args(args: argparse.Namespace):
     """The frozen config of a command line (``--dataset`` registered first: the config may name them)."""
     names = register_datasets_from_args(args.dataset)
     opts = list(args.opts)
+    if args.data and not os.path.exists(args.data):
+        raise PreflightError(f"--data {args.data}: no such file or folder (a COCO .json, a data.yaml or a LabelMe "
+                             "folder)")
     if args.data:  # a path: resolve_config registers it, by split (data.yaml:train and data.yaml:val)
         opts += ["DATASETS.TEST", (args.data,)] + ([] if args.eval_only else ["DATASETS.TRAIN", (args.data,)])
     cfg = resolve_config(args.config_file, args.weights, opts, datasets=names)

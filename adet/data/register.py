@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import os
+import re
 
 from adet.errors import DatasetError
 
 from .catalog import DatasetCatalog, MetadataCatalog
 from .coco import coco_class_names, register_coco_instances
-from .sources import register_source
+from .sources import path_and_split, register_source
 from .yolo import SPLITS
 
 
@@ -24,15 +25,12 @@ def register_datasets_from_args(specs: list[str], quiet: bool = False) -> list[s
         if not (sep and name and paths):
             raise DatasetError(f"--dataset {spec}: expected NAME=ANNOTATIONS.json:IMAGES_FOLDER, "
                                "NAME=data.yaml[:SPLIT] or NAME=LABELME_FOLDER")
-        if os.path.isdir(paths) or paths.endswith((".yaml", ".yml", ".json")) or ".yaml:" in paths \
-                or ".yml:" in paths:
-            path, _, split = paths.rpartition(":") if (".yaml:" in paths or ".yml:" in paths) else (paths, "", "")
-            if not os.path.exists(path):
-                raise DatasetError(f"--dataset {name}: {path} does not exist")
-            if split and split not in SPLITS:
-                raise DatasetError(f"--dataset {spec}: the split must be one of {', '.join(SPLITS)}")
-            names.append(register_source(name, path, split or "train"))
+        found = path_and_split(paths)  # data.yaml[:SPLIT], ANNOTATIONS.json, a LabelMe folder
+        if found is not None:
+            names.append(register_source(name, found[0], found[1] or "train"))
             continue
+        if paths.endswith((".yaml", ".yml", ".json")) or re.search(r"\.ya?ml:", paths):
+            raise DatasetError(f"--dataset {spec}: no such file (or a split other than {', '.join(SPLITS)})")
         json_file, sep2, image_root = paths.rpartition(":")
         if not (sep2 and json_file and image_root):
             raise DatasetError(f"--dataset {spec}: expected NAME=ANNOTATIONS.json:IMAGES_FOLDER")

@@ -15,7 +15,7 @@ from adet.errors import DatasetError
 from adet.structures.masks import segmentation_to_rle
 
 from .catalog import DatasetCatalog, MetadataCatalog
-from .coco import coco_dataset_dicts
+from .coco import coco_class_names, coco_dataset_dicts
 from .image_io import image_id_from_name, image_size
 from .labelme import labelme_files, labelme_folder_to_coco
 from .validation import load_coco, validate_coco
@@ -59,16 +59,18 @@ def register_source(name: str, path: str, split: str = "train", images: str = ""
     """Register the dataset at ``path`` (any of :data:`FORMATS`) as ``name``; class names are set now, the dicts
     read on first use. Returns ``name``."""
     kind = detect_format(path)
-    if kind == "coco":
-        classes = [c["name"] for c in sorted(load_coco(path, require_annotations=False)[0]["categories"],
-                                            key=lambda c: c["id"])]
-    else:
-        classes = [c["name"] for c in sorted(read_source(path, split, images)[0]["categories"],
-                                            key=lambda c: c["id"])]
+    if kind == "coco":  # read (and validated) on first use; the class names now
+        classes = coco_class_names(path)
 
-    def load() -> list[dict]:
+        def load() -> list[dict]:
+            data, root = read_source(path, split, images)
+            return coco_dataset_dicts(data, root, name, path)
+    else:  # YOLO and LabelMe: read once, now (their class names need the files anyway)
         data, root = read_source(path, split, images)
-        return coco_dataset_dicts(data, root, name, f"{path} ({kind})")
+        classes = [c["name"] for c in sorted(data["categories"], key=lambda c: c["id"])]
+
+        def load() -> list[dict]:
+            return coco_dataset_dicts(data, root, name, f"{path} ({kind})")
 
     if name in DatasetCatalog:
         DatasetCatalog.remove(name)
@@ -99,9 +101,8 @@ def predictions_to_coco(predictions_json: str, source: str, images: str = "", sp
         sized = [(f, image_size(os.path.join(source, f))) for f in files]
         data = {"images": [{"id": k + 1, "file_name": f, "width": s[0], "height": s[1]}
                            for k, (f, s) in enumerate(sized) if s is not None],
-                "categories": sorted({(p["category_id"], p.get("category_name") or f"class {p['category_id']}")
-                                      for p in predictions})}
-        data["categories"] = [{"id": i, "name": n} for i, n in data["categories"]]
+                "categories": [{"id": i, "name": n} for i, n in sorted(
+                    {(p["category_id"], p.get("category_name") or f"class {p['category_id']}") for p in predictions})]}
         root = source
         by_id = {image_id_from_name(image["file_name"]): image["id"] for image in data["images"]}
     else:
@@ -129,13 +130,6 @@ def predictions_to_coco(predictions_json: str, source: str, images: str = "", sp
     return clean, root
 
 
-def write_coco_json(data: dict[str, Any], path: str) -> None:
-    """A COCO instances dict to ``path`` (the fields COCO defines)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump({k: data[k] for k in ("images", "annotations", "categories")}, f)
-
-
 def path_and_split(entry: str) -> tuple[str, str] | None:
     """(path, split) of a dataset named by its path (``data.yaml:val``, ``data.yaml``, ``ann.json``, a LabelMe
     folder), or None when ``entry`` is not one. The split is "" unless given."""
@@ -155,6 +149,20 @@ def register_path_name(name: str, default_split: str = "train") -> bool:
     return True
 
 
+def register_path(entry: str, default_split: str) -> str | None:
+    """The registered name of the dataset at path ``entry`` (registered now if needed): a data.yaml is named with
+    its split (``data.yaml:val``; ``default_split`` unless ``entry`` names one), other paths by themselves. None
+    when ``entry`` is no dataset path."""
+    found = path_and_split(entry)
+    if found is None:
+        return None
+    path, split = found
+    name = f"{path}:{split or default_split}" if detect_format(path) == "yolo" else entry
+    if name not in DatasetCatalog:
+        register_source(name, path, split or default_split)
+    return name
+
+
 def register_dataset_paths(cfg) -> list[str]:
     """Datasets given by path in DATASETS.TRAIN and DATASETS.TEST registered under names that say what they are: a
     data.yaml becomes ``data.yaml:train`` in TRAIN and ``data.yaml:val`` in TEST (unless a split is named), other
@@ -165,15 +173,10 @@ def register_dataset_paths(cfg) -> list[str]:
     for key, default_split in (("TRAIN", "train"), ("TEST", "val")):
         entries = []
         for entry in cfg.DATASETS[key]:
-            found = None if entry in DatasetCatalog else path_and_split(entry)
-            if found is not None:
-                path, split = found
-                if detect_format(path) == "yolo":
-                    entry = f"{path}:{split or default_split}"
-                if entry not in DatasetCatalog:
-                    register_source(entry, path, split or default_split)
-                registered.append(entry)
-            entries.append(entry)
+            name = None if entry in DatasetCatalog else register_path(entry, default_split)
+            if name is not None:
+                registered.append(name)
+            entries.append(name or entry)
         cfg.DATASETS[key] = tuple(entries)
     if frozen:
         cfg.freeze()
