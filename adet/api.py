@@ -30,6 +30,7 @@ from adet.data import MetadataCatalog
 from adet.data.image_io import as_color_uint8, image_id_from_name, read_image
 from adet.engine import DefaultPredictor
 from adet.engine.evaluate import single_dataset_results
+from adet.engine.inference.remote import RemoteBackend, is_server_url
 from adet.engine.inference.sliced import slice_overrides, sliced
 from adet.engine.training.hooks import Callbacks
 from adet.evaluation import instances_to_coco_json
@@ -201,13 +202,20 @@ class Model:
 
 def load(weights: str, config: str | None = None, device: str | None = None, confidence: float | None = None,
          overrides: Sequence[Any] = (), slice: tuple[int, int] | None = None, overlap: float | None = None) -> Model:
-    """A :class:`Model` for a checkpoint (its own config, or ``config``: a file or packaged name), or for an
-    exported ``.onnx`` file (run by ONNX Runtime; ``config`` and ``overrides`` do not apply to it).
+    """A :class:`Model` for a checkpoint (its own config, or ``config``: a file or packaged name), for an
+    exported ``.onnx`` file (run by ONNX Runtime; ``config`` and ``overrides`` do not apply to it), or for the model
+    an ``embedmask serve`` runs at an ``http(s)://host:port`` address (the same predictions, computed there; an
+    address ending in a weight-file suffix or with ``#sha256=`` is weights to download instead).
     ``confidence``: keep detections whose score is at least this (default: the config's 0.05 on class x centerness,
     i.e. scores from 0.22). ``slice`` (h, w): predict in overlapping tiles of that size (``overlap`` a fraction of a
     tile, default TEST.SLICE.OVERLAP), for images much larger than the model's input; the same as the overrides
     TEST.SLICE.ENABLED True TEST.SLICE.SIZE (h, w)."""
     slicing = slice_overrides(slice, overlap) if slice is not None else []
+    if is_server_url(str(weights)):  # an EmbedMask server (embedmask serve): the model runs there
+        if config is not None or overrides or device not in (None, "cpu"):
+            raise ValueError(f"{weights}: a served model runs as its server configured it; config, overrides and "
+                             "device do not apply to it")
+        return Model(sliced(RemoteBackend(str(weights), confidence), slicing))
     if str(weights).endswith(".onnx"):
         providers = ["CPUExecutionProvider"] if device == "cpu" else None
         return Model(sliced(ONNXPredictor(str(weights), providers), slicing), min_score=confidence or 0.0)

@@ -56,6 +56,10 @@ class ImageSizeError(ImageReadError):
     """An image whose size differs from the one its annotation file gives."""
 
 
+class ImageTooLargeError(ImageReadError):
+    """An image larger than a limit (its header's pixel count, or its encoded size), refused before decoding."""
+
+
 class InputError(EmbedMaskError, FileNotFoundError):
     """Inputs named on the command line that do not exist or cannot be used (images, videos, a camera)."""
 

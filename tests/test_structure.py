@@ -21,7 +21,7 @@ MIN_REPEATED_LINES = 6
 # Imported inside functions on purpose: optional, or heavy and needed by one code path only.
 DEFERRED_IMPORTS = {"onnx", "onnxruntime", "onnxruntime.quantization", "matplotlib", "matplotlib.pyplot",
                     "torch.utils.tensorboard", "faster_coco_eval", "torch.utils.cpp_extension", "huggingface_hub",
-                    "wandb", "mlflow"}
+                    "wandb", "mlflow", "uvicorn", "adet.serve"}
 # Data tables (every key with its value) are not code: lines alike there are not repetitions.
 DATA_TABLES = {os.path.join("config", "defaults.py"), os.path.join("config", "compat.py")}
 
@@ -109,6 +109,7 @@ LAYERS = [
     ("engine",),
     ("export",),
     ("api", "training_api"),
+    ("serve",),                                   # the HTTP service: a model of the API behind FastAPI
     ("cli", "__main__", ""),                      # "": the package itself (its lazy attributes reach api)
 ]
 LAYER_OF = {package: level for level, packages in enumerate(LAYERS) for package in packages}

@@ -32,6 +32,7 @@ COMMANDS = {
     "quickstart": ("adet.cli.quickstart", "main", "train, evaluate and try EmbedMask on the bundled synthetic data"),
     "configs": ("adet.cli.configs", "main", "list the packaged configs"),
     "convert": ("adet.cli.convert", "main", "convert a dataset between COCO, Ultralytics YOLO-seg and LabelMe"),
+    "serve": ("adet.cli.serve", "main", "serve a model over HTTP (POST /predict) with dynamic batching"),
 }
 
 

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from adet.api import Model, load_config
 from adet.config import set_score_threshold
 from adet.engine.distributed.launch import check_devices, launch, restart_count
+from adet.engine.inference.remote import RemoteBackend, is_server_url
 from adet.engine.inference.sliced import slice_overrides, sliced
 from adet.errors import InputError, PreflightError
 from adet.export import ONNXPredictor
@@ -193,6 +194,15 @@ def onnx_predictor(args: argparse.Namespace, overrides: list[str]):
     return Model(sliced(ONNXPredictor(args.onnx, providers), slicing(args)), min_score=args.confidence_threshold)
 
 
+def remote_predictor(args: argparse.Namespace, overrides: list[str]) -> Model:
+    """A Model whose predictions an EmbedMask server at ``--weights http://host:port`` computes (sliced here with
+    --slice); --confidence-threshold becomes each request's threshold."""
+    if args.config_file or overrides or args.device not in (None, "cpu"):
+        raise PreflightError(f"--weights {args.weights}: a served model runs as its server configured it; "
+                             "--config-file, --device and KEY VALUE overrides do not apply to it")
+    return Model(sliced(RemoteBackend(args.weights, args.confidence_threshold), slicing(args)))
+
+
 def predict_config(args: argparse.Namespace, overrides: list[str]):
     """The checked config of the PyTorch model, whose threshold is --confidence-threshold
     (:func:`adet.config.set_score_threshold`; what it leaves to filter is ``args.min_score``)."""
@@ -253,10 +263,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict | None:
                              "positive height and width, and the overlap is a fraction in [0, 1)")
     if args.slice is None and (args.overlap is not None or args.no_full_image):
         raise PreflightError("--overlap and --no-full-image set up --slice H W: pass it too")
-    checked_onnx = onnx_predictor(args, overrides) if args.onnx else None  # checks the file and the options now
-    source = args.onnx or predict_config(args, overrides + slicing(args))
+    if is_server_url(args.weights):  # a model served by embedmask serve: it stands where an ONNX session does
+        checked_onnx = remote_predictor(args, overrides)
+        source = checked_onnx.predictor
+    else:
+        checked_onnx = onnx_predictor(args, overrides) if args.onnx else None  # checks the file and options now
+        source = args.onnx or predict_config(args, overrides + slicing(args))
     if paths:
-        use_cuda = not args.onnx and source.MODEL.DEVICE.startswith("cuda")
+        use_cuda = checked_onnx is None and source.MODEL.DEVICE.startswith("cuda")
         if use_cuda:
             check_devices(args.num_gpus, source.MODEL.DEVICE)
         counts = launch(image_worker, args.num_gpus, args.num_machines, args.machine_rank, args.dist_url,

@@ -38,6 +38,8 @@ def run_settings(cfg_or_onnx, args: argparse.Namespace) -> dict:
     if isinstance(cfg_or_onnx, str):
         model = {"onnx_sha256": shards.file_sha256(cfg_or_onnx),
                  "slice": [args.slice, args.overlap, args.no_full_image]}
+    elif hasattr(cfg_or_onnx, "model_version"):  # a served model (RemoteBackend): its server's content hash
+        model = {"served_model": cfg_or_onnx.model_version, "slice": [args.slice, args.overlap, args.no_full_image]}
     else:
         cfg = cfg_or_onnx.clone()
         cfg.defrost()
@@ -69,7 +71,7 @@ def remaining_images(folder: str, paths: list[str], model_source, args: argparse
 
 def predict_images(model: Model, args: argparse.Namespace, paths: list[str], model_source) -> dict:
     """This process's share of ``paths``; on the main process, once all are done, the --json. Returns counts.
-    ``model_source``: the config, or the ONNX file (what the results folder records)."""
+    ``model_source``: the config, the ONNX file or the served model's backend (what the results folder records)."""
     folder = results_folder(args, len(paths))
     mine = remaining_images(folder, paths, model_source, args)[comm.get_rank()::comm.get_world_size()]
     writer = None

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from adet.errors import ConfigError, ImageReadError
+from adet.errors import ConfigError, ImageReadError, ImageTooLargeError
 
 
 def check_image_format(format: str) -> None:
@@ -22,13 +24,45 @@ def read_image(path: str, format: str = "BGR") -> np.ndarray:
     check_image_format(format)
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
-            array = np.asarray(image.convert("RGB"))
+            array = _colour_pixels(image)
     except FileNotFoundError:
         raise ImageReadError(f"{path}: no such file") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise ImageReadError(f"{path}: not a readable image ({e})") from None
     return np.ascontiguousarray(array[:, :, ::-1]) if format == "BGR" else array
+
+
+def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None) -> np.ndarray:
+    """The (H, W, 3) BGR uint8 pixels of an encoded image (PNG, JPEG, ...), exactly as :func:`read_image` gives the
+    same bytes from a file. ``max_pixels``: an image whose header declares more is refused before its pixels are
+    allocated (:class:`ImageTooLargeError`): a small file can declare a huge image (a decompression bomb). Errors
+    name ``name`` and say what is wrong (empty, not an image, truncated)."""
+    if not data:
+        raise ImageReadError(f"{name}: empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # our own limit applies, below
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if max_pixels is not None and width * height > max_pixels:
+                    raise ImageTooLargeError(f"{name}: {width} x {height} pixels is more than the limit of "
+                                             f"{max_pixels / 1e6:g} megapixels")
+                array = _colour_pixels(image)
+    except Image.DecompressionBombError as e:
+        raise ImageTooLargeError(f"{name}: {e}") from None
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{name}: not an image PIL can decode ({len(data)} bytes starting "
+                             f"{data[:8]!r})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        if isinstance(e, ImageReadError):
+            raise
+        raise ImageReadError(f"{name}: a broken or truncated image ({e})") from None
+    return np.ascontiguousarray(array[:, :, ::-1])
+
+
+def _colour_pixels(image: Image.Image) -> np.ndarray:
+    """An opened image's RGB pixels, turned as its EXIF orientation says (what detectron2 reads)."""
+    return np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
 
 
 def as_color_uint8(image: np.ndarray, name: str = "image") -> np.ndarray:

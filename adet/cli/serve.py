@@ -1,0 +1,172 @@
+"""``embedmask serve``: the model behind an HTTP endpoint, with dynamic batching (``adet/serve``).
+
+    embedmask serve --weights output/x/model_final.pth                 # http://127.0.0.1:8000
+    curl --data-binary @photo.jpg -H "Content-Type: image/jpeg" http://127.0.0.1:8000/predict
+
+The weights resolve as ``predict``'s (a checkpoint with its own config, ``--config-file`` for official ones, URLs,
+``hf://``; ``--onnx`` for an exported file). Needs ``pip install 'embedmask[serve]'`` (FastAPI, uvicorn,
+python-multipart, prometheus-client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import socket
+import threading
+
+import torch
+
+from adet.api import Model
+from adet.checkpoint.weight_files import resolve_weight_path
+from adet.engine.inference.prediction_shards import file_sha256
+from adet.errors import PreflightError
+from adet.utils.logger import setup_logger
+
+from .options import ArgumentParser, add_config_arguments
+from .predict import onnx_predictor, predict_config, split_overrides
+from .preflight import check_device
+
+logger = logging.getLogger(__name__)
+
+SERVE_MODULES = {"fastapi": "fastapi", "uvicorn": "uvicorn", "python_multipart": "python-multipart",
+                 "prometheus_client": "prometheus-client"}
+
+
+def build_parser(prog: str | None = None) -> ArgumentParser:
+    parser = ArgumentParser(prog=prog, description="Serve EmbedMask over HTTP (POST /predict) with dynamic batching")
+    add_config_arguments(parser)
+    parser.add_argument("--onnx", default="", metavar="FILE.onnx", help="serve an exported model (ONNX Runtime)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                            "only; 0.0.0.0 for every interface)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--device", default="auto", help="auto (every GPU, else the CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--workers-per-device", type=int, default=1, metavar="K",
+                        help="model replicas per device, each running batches (default 1)")
+    parser.add_argument("--max-batch-size", type=int, default=0, metavar="N",
+                        help="most images per model call (default: 8 on a GPU, 4 on the CPU)")
+    parser.add_argument("--batch-timeout", type=float, default=0.01, metavar="S",
+                        help="how long the oldest request waits for others of its size to batch with (default 0.01)")
+    parser.add_argument("--confidence-threshold", type=float, default=0.5,
+                        help="minimum score of a returned detection (default 0.5); a request may ask for more")
+    parser.add_argument("--max-body-mb", type=float, default=20.0, help="largest request body (default 20 MB): 413")
+    parser.add_argument("--max-pixels", type=float, default=50e6,
+                        help="largest image, from its header, before decoding (default 50e6 pixels): 413")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="S",
+                        help="a request unanswered after S seconds gets 504 (default 60)")
+    parser.add_argument("--api-key", default=os.environ.get("EMBEDMASK_API_KEY", ""),
+                        help="require 'Authorization: Bearer KEY' on every route but /health (default: "
+                             "$EMBEDMASK_API_KEY; none)")
+    parser.add_argument("--grace-period", type=float, default=30.0, metavar="S",
+                        help="on SIGTERM, how long the requests in flight may take to finish (default 30)")
+    return parser
+
+
+def serve_devices(device: str, workers_per_device: int) -> list[str]:
+    """One entry per model replica: ``workers_per_device`` per device; auto and cuda mean every visible GPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        check_device(device, "--device")
+        found = [device]
+    elif device == "cpu" or (device == "auto" and not torch.cuda.is_available()):
+        found = ["cpu"]
+    else:
+        check_device("cuda", "--device")
+        found = [f"cuda:{k}" for k in range(torch.cuda.device_count())]
+    return [d for d in found for _ in range(workers_per_device)]
+
+
+def model_source(args: argparse.Namespace, overrides: list[str]):
+    """(a function loading one replica on a device, the content hash of the weights, the config's name)."""
+    if args.onnx:
+        onnx_predictor(args, overrides)  # checks the file and options now, not in a worker
+        return (lambda device: onnx_predictor(args, overrides)), f"sha256:{file_sha256(args.onnx)[:16]}", "onnx"
+    args.device = None if args.device == "auto" else args.device.split(":")[0]
+    cfg = predict_config(args, overrides)
+    version = file_sha256(resolve_weight_path(cfg.MODEL.WEIGHTS))
+
+    def load(device: str) -> Model:
+        replica = cfg.clone()
+        replica.MODEL.DEVICE = device
+        return Model(replica, min_score=args.min_score)
+
+    return load, f"sha256:{version[:16]}", args.config_file or os.path.basename(cfg.MODEL.WEIGHTS)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    missing = [package for module, package in SERVE_MODULES.items() if importlib.util.find_spec(module) is None]
+    if missing:
+        raise PreflightError(f"embedmask serve needs {', '.join(missing)}: pip install 'embedmask[serve]'")
+    if not 0 <= args.confidence_threshold <= 1:
+        raise PreflightError(f"--confidence-threshold {args.confidence_threshold}: a score threshold is between 0 "
+                             "and 1")
+    for option, value in (("--workers-per-device", args.workers_per_device), ("--max-body-mb", args.max_body_mb),
+                          ("--max-pixels", args.max_pixels), ("--timeout", args.timeout)):
+        if value <= 0:
+            raise PreflightError(f"{option} {value}: must be positive")
+    if args.max_batch_size < 0 or args.batch_timeout < 0 or args.grace_period < 0:
+        raise PreflightError("--max-batch-size, --batch-timeout and --grace-period must not be negative")
+    if not 0 < args.port < 65536:
+        raise PreflightError(f"--port {args.port}: not a port number (1-65535)")
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args = build_parser(prog).parse_args(argv)
+    args.input, args.flag_opts = [], []
+    overrides = split_overrides(args)
+    setup_logger()
+    check_arguments(args)
+    devices = serve_devices(args.device, args.workers_per_device)
+    load, version, config_name = model_source(args, overrides)
+    if devices[0] == "cpu" and len(devices) > 1:  # the replicas share the cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // len(devices)))
+    # Deferred: the serve extra's packages (FastAPI, uvicorn) load only for this command, once checked above.
+    import uvicorn
+
+    # The service itself imports FastAPI and prometheus_client at its top.
+    from adet.serve import ModelInfo, ServeSettings, create_app
+
+    settings = ServeSettings(
+        max_batch_size=args.max_batch_size or (8 if devices[0].startswith("cuda") else 4),
+        batch_timeout_s=args.batch_timeout, max_body_mb=args.max_body_mb, max_pixels=int(args.max_pixels),
+        timeout_s=args.timeout, confidence_threshold=args.confidence_threshold, api_key=args.api_key)
+    app = create_app(load, devices, ModelInfo(version, config_name), settings)
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
+                                           timeout_graceful_shutdown=args.grace_period, access_log=False))
+    threading.Thread(target=stop_on_load_failure, args=(app.state.service, server), daemon=True).start()
+    listening = listen(args.host, args.port)
+    print(f"serving {config_name} (model {version}) on http://{args.host}:{args.port} with {len(devices)} "
+          f"worker(s) on {', '.join(sorted(set(devices)))}; POST /predict, GET /health /info /metrics", flush=True)
+    server.run(sockets=[listening])
+    failure = app.state.service.failure()
+    if failure is not None:
+        raise PreflightError(f"the model failed to load: {failure}")
+    return 0
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The server's socket, bound here so that a taken port is a one-line error before any model loads."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listening = socket.socket(family, socket.SOCK_STREAM)
+    listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listening.bind((host, port))
+    except OSError as e:
+        listening.close()
+        raise PreflightError(f"--host {host} --port {port}: cannot listen there ({e.strerror or e})") from None
+    listening.listen(2048)
+    return listening
+
+
+def stop_on_load_failure(service, server) -> None:
+    """Ends the server when a worker cannot load its model: a server without a model serves nothing."""
+    while not server.started or not service.workers:
+        if server.should_exit:
+            return
+        threading.Event().wait(0.1)
+    for worker in service.workers:
+        worker.ready.wait()
+    if service.failure() is not None:
+        logger.error("a model worker failed to load: %s", service.failure())
+        server.should_exit = True
