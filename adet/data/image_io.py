@@ -48,8 +48,10 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int | None = None
                     raise ImageTooLargeError(f"{name}: {width} x {height} pixels is more than the limit of "
                                              f"{max_pixels / 1e6:g} megapixels")
                 array = _colour_pixels(image)
-    except Image.DecompressionBombError as e:
-        raise ImageTooLargeError(f"{name}: {e}") from None
+    except Image.DecompressionBombError:  # PIL's own limit, twice Image.MAX_IMAGE_PIXELS, met first
+        limit = f" of {max_pixels / 1e6:g} megapixels" if max_pixels is not None else ""
+        raise ImageTooLargeError(f"{name}: declares more than {2 * Image.MAX_IMAGE_PIXELS / 1e6:.0f} megapixels, over "
+                                 f"the limit{limit}") from None
     except UnidentifiedImageError:
         raise ImageReadError(f"{name}: not an image PIL can decode ({len(data)} bytes starting "
                              f"{data[:8]!r})") from None
