@@ -388,16 +388,27 @@ def test_api_key_and_sigterm_with_requests_in_flight(files):
         with pytest.raises(RemoteError, match="HTTP 401: missing or wrong API key"):
             RemoteBackend(url, api_key="")
         data = png_of(60, 80)
+        # One client is still uploading: the queued requests wait (up to 1.5 s) for it to batch with.
+        uploading = http.client.HTTPConnection("127.0.0.1", int(url.rsplit(":", 1)[1]), timeout=30)
+        uploading.putrequest("POST", "/predict")
+        for header, value in (("Content-Type", "image/png"), ("Content-Length", str(len(data))),
+                              ("Authorization", "Bearer s3cret")):
+            uploading.putheader(header, value)
+        uploading.endheaders(data[:100])
         with ThreadPoolExecutor(4) as pool:
             answers = [pool.submit(call, "POST", f"{url}/predict", data, {"Content-Type": "image/png",
                                                                           "Authorization": "Bearer s3cret"})
                        for _ in range(4)]
-            time.sleep(0.5)  # the requests wait 1.5 s for batch-mates: in flight now
+            time.sleep(0.5)
+            assert not any(f.done() for f in answers)  # in flight
             tic = time.time()
             process.send_signal(signal.SIGTERM)
             time.sleep(0.3)
             with pytest.raises((urllib.error.URLError, ConnectionError)):
                 call("GET", f"{url}/health")  # no longer accepting
+            uploading.send(data[100:])  # the upload in flight at SIGTERM finishes and is answered
+            response = uploading.getresponse()
+            assert response.status == 200 and json.loads(response.read())["instances"]
             assert [f.result()[0] for f in answers] == [200] * 4
         process.wait(20)
         assert time.time() - tic < 10 and process.returncode in (0, -signal.SIGTERM), process.returncode

@@ -162,19 +162,24 @@ class Service:
         min_score = parse_threshold(request.query_params.get("threshold"), settings.confidence_threshold)
         if not self.ready:
             raise RequestError(503, "the model is still loading (GET /health says when it is ready)")
-        body = await read_body(request, int(settings.max_body_mb * 2**20))
-        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if content_type == "multipart/form-data":
-            data, what = await image_bytes_from_form(request, body), "multipart field image"
-        elif content_type == "application/json":
-            data, what = await run_in_threadpool(image_bytes_from_json, body), 'JSON field "image"'
-        else:
-            data, what = body, "request body"
-        model = self.model
-        item = await run_in_threadpool(lambda: model.predictor.preprocess(image_of(data, what, settings.max_pixels)))
-        instances = await asyncio.wrap_future(self.queue.put(item))
-        return await run_in_threadpool(prediction_payload, instances, model.class_names, model.category_ids,
-                                       self.model_info.version, max(min_score, model.min_score), mask_format)
+        model, queue = self.model, self.queue
+        queue.enter()  # while it is here, a batch may wait for this request or, once answered, its next one
+        try:
+            body = await read_body(request, int(settings.max_body_mb * 2**20))
+            content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+            if content_type == "multipart/form-data":
+                data, what = await image_bytes_from_form(request, body), "multipart field image"
+            elif content_type == "application/json":
+                data, what = await run_in_threadpool(image_bytes_from_json, body), 'JSON field "image"'
+            else:
+                data, what = body, "request body"
+            item = await run_in_threadpool(lambda: model.predictor.preprocess(image_of(data, what,
+                                                                                       settings.max_pixels)))
+            instances = await asyncio.wrap_future(queue.put(item))
+            return await run_in_threadpool(prediction_payload, instances, model.class_names, model.category_ids,
+                                           self.model_info.version, max(min_score, model.min_score), mask_format)
+        finally:
+            queue.leave()
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:

@@ -1,8 +1,9 @@
 """Dynamic batching: requests wait in one queue; each model worker takes the oldest request and the others of the
 same padded size that arrive within ``batch_timeout`` (up to ``max_batch_size``), and runs them as one batch of the
-inference contract (``adet/engine/inference/backend.py``). Batching by padded size, as prediction over a folder
-does (``batch_predict.SizeBuckets``), pads no image beyond what it is alone: each answer is the image's one-image
-prediction to float rounding.
+inference contract (``adet/engine/inference/backend.py``). It waits only while the server holds requests besides the
+queued ones (being read or decoded, or being answered: their clients send again soon), so a lone client's request
+runs at once. Batching by padded size, as prediction over a folder does (``batch_predict.SizeBuckets``), pads no
+image beyond what it is alone: each answer is the image's one-image prediction to float rounding.
 
 A request's result comes back on a ``concurrent.futures.Future``; a request cancelled while it waits (its client
 timed out) is dropped, and a batch that fails inside the model fails its requests only, with the error.
@@ -41,6 +42,21 @@ class BatchQueue:
         self.jobs: list[Job] = []
         self.changed = threading.Condition()
         self.closed = False
+        self.requests_in_server = 0  # between enter() and leave(): queued or not
+
+    def enter(self) -> None:
+        """A request came in: while it is in the server, a batch may wait for more."""
+        with self.changed:
+            self.requests_in_server += 1
+
+    def leave(self) -> None:
+        """A request was answered (or refused)."""
+        with self.changed:
+            self.requests_in_server -= 1
+            self.changed.notify_all()
+
+    def others_coming(self) -> bool:
+        return self.requests_in_server > len(self.jobs)
 
     def put(self, item: ImageInput) -> Future:
         job = Job(item, padded_size(*item.image.shape[1:], self.size_divisibility))
@@ -48,7 +64,7 @@ class BatchQueue:
             if self.closed:
                 raise RuntimeError("the server is shutting down")
             self.jobs.append(job)
-            self.changed.notify()
+            self.changed.notify_all()
         return job.result
 
     def close(self) -> None:
@@ -68,7 +84,7 @@ class BatchQueue:
                     return []
                 key, deadline = self.jobs[0].size_key, time.monotonic() + self.batch_timeout_s
                 same = [job for job in self.jobs if job.size_key == key]
-                while len(same) < self.max_batch_size and not self.closed:
+                while len(same) < self.max_batch_size and self.others_coming() and not self.closed:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
