@@ -294,6 +294,22 @@ def test_the_remote_predictor_is_the_local_one(server, files, reference, tmp_pat
         adet.load(server, confidence=0.1)
 
 
+def test_a_video_through_the_server_is_the_local_one(server, files, tmp_path):
+    video = str(tmp_path / "clip.mp4")
+    writer = cv2.VideoWriter(video, cv2.VideoWriter_fourcc(*"mp4v"), 5, (128, 96))
+    for i in range(3):
+        writer.write(shapes_image(96, 128, seed=10 + i)[0])
+    writer.release()
+    results = {}
+    for name, weights in (("local", files["weights"]), ("remote", server)):
+        results[name] = tmp_path / f"{name}.json"
+        assert embedmask(["predict", "--weights", weights, "--video-input", video, "--json", str(results[name]),
+                          "--confidence-threshold", "0.3", *(["--device", "cpu"] if name == "local" else [])]) == 0
+    local, remote = (json.loads(results[name].read_text()) for name in ("local", "remote"))
+    assert {r["file_name"] for r in local} == {f"{video}#{k}" for k in range(3)}
+    assert_same_detections(remote, local)
+
+
 def test_which_urls_are_servers(tmp_path, files, capsys):
     assert is_server_url("http://localhost:8000") and is_server_url("https://models.example.com/embedmask/")
     for weights in ("https://host/x/model_final.pth", "http://host/m.onnx?x=1", "https://host/w#sha256=ab12",
