@@ -41,10 +41,9 @@ CLASSES, CATEGORY_IDS = ["cat", "dog", "bird"], [3, 7, 9]
 SIZES = [(96, 128), (120, 100), (64, 200), (150, 90)]
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    """A tiny model with varied scores (saved as training saves it) and images of four sizes, PNG and JPEG."""
-    root = tmp_path_factory.mktemp("serve")
+def tiny_model_files(root) -> dict:
+    """A tiny model with varied scores (saved as training saves it) and images of four sizes, PNG and JPEG, in
+    ``root``: ``weights``, ``images`` (paths), ``folder``, ``root``."""
     cfg = make_tiny_cfg()
     torch.manual_seed(0)
     state = build_model(cfg).state_dict()
@@ -58,6 +57,11 @@ def files(tmp_path_factory):
         cv2.imwrite(str(images / f"{i:012d}.{'jpg' if i == 3 else 'png'}"), shapes_image(height, width, seed=i)[0])
     return {"weights": str(weights), "images": sorted(str(p) for p in images.iterdir()), "folder": str(images),
             "root": root}
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    return tiny_model_files(tmp_path_factory.mktemp("serve"))
 
 
 def free_port() -> int:

@@ -33,6 +33,7 @@ COMMANDS = {
     "configs": ("adet.cli.configs", "main", "list the packaged configs"),
     "convert": ("adet.cli.convert", "main", "convert a dataset between COCO, Ultralytics YOLO-seg and LabelMe"),
     "serve": ("adet.cli.serve", "main", "serve a model over HTTP (POST /predict) with dynamic batching"),
+    "label-studio": ("adet.cli.label_studio", "main", "a Label Studio ML backend pre-labelling tasks with EmbedMask"),
 }
 
 

@@ -111,33 +111,52 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise PreflightError(f"--port {args.port}: not a port number (1-65535)")
 
 
-def main(argv: list[str] | None = None, prog: str | None = None) -> int:
-    args = build_parser(prog).parse_args(argv)
+def parsed_arguments(parser: ArgumentParser, argv: list[str] | None, check) -> tuple[argparse.Namespace, list[str]]:
+    """(the checked arguments, the KEY VALUE overrides) of a serving command, its logger set up."""
+    args = parser.parse_args(argv)
     args.input, args.flag_opts = [], []
     overrides = split_overrides(args)
     setup_logger()
-    check_arguments(args)
+    check(args)
+    return args, overrides
+
+
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    args, overrides = parsed_arguments(build_parser(prog), argv, check_arguments)
     devices = serve_devices(args.device, args.workers_per_device)
     load, version, config_name = model_source(args, overrides)
+    # The service imports FastAPI and prometheus_client at its top: the serve extra, checked above.
+    from adet.serve import ModelInfo, create_app
+
+    app = create_app(load, devices, ModelInfo(version, config_name), serve_settings(args, devices))
+    return run_app(app, args, f"serving {config_name} (model {version}) on http://{args.host}:{args.port} with "
+                              f"{len(devices)} worker(s) on {', '.join(sorted(set(devices)))}; POST /predict, GET "
+                              "/health /info /metrics")
+
+
+def serve_settings(args: argparse.Namespace, devices: list[str]):
+    """The service's settings from the command line (whose threads the CPU replicas share)."""
+    from adet.serve import ServeSettings  # the serve extra, checked by check_arguments
+
     if devices[0] == "cpu" and len(devices) > 1:  # the replicas share the cores
         torch.set_num_threads(max(1, torch.get_num_threads() // len(devices)))
-    # Deferred: the serve extra's packages (FastAPI, uvicorn) load only for this command, once checked above.
-    import uvicorn
-
-    # The service itself imports FastAPI and prometheus_client at its top.
-    from adet.serve import ModelInfo, ServeSettings, create_app
-
-    settings = ServeSettings(
+    return ServeSettings(
         max_batch_size=args.max_batch_size or (8 if devices[0].startswith("cuda") else 4),
         batch_timeout_s=args.batch_timeout, max_body_mb=args.max_body_mb, max_pixels=int(args.max_pixels),
-        timeout_s=args.timeout, confidence_threshold=args.confidence_threshold, api_key=args.api_key)
-    app = create_app(load, devices, ModelInfo(version, config_name), settings)
+        timeout_s=args.timeout, confidence_threshold=args.confidence_threshold,
+        api_key=getattr(args, "api_key", ""))
+
+
+def run_app(app, args: argparse.Namespace, banner: str) -> int:
+    """Runs ``app`` (made by :func:`adet.serve.create_app`) on --host/--port until SIGTERM or Ctrl-C, which let the
+    requests in flight finish within --grace-period; a model that fails to load ends it with that error."""
+    import uvicorn  # the serve extra, checked by check_arguments
+
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=args.grace_period, access_log=False))
     threading.Thread(target=stop_on_load_failure, args=(app.state.service, server), daemon=True).start()
     listening = listen(args.host, args.port)
-    print(f"serving {config_name} (model {version}) on http://{args.host}:{args.port} with {len(devices)} "
-          f"worker(s) on {', '.join(sorted(set(devices)))}; POST /predict, GET /health /info /metrics", flush=True)
+    print(banner, flush=True)
     server.run(sockets=[listening])
     failure = app.state.service.failure()
     if failure is not None:

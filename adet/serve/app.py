@@ -32,6 +32,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from adet.api import Model
+from adet.structures import Instances
 from adet.version import __version__
 
 from .batching import BatchQueue, ModelWorker
@@ -178,8 +179,7 @@ class Service:
         settings = self.settings
         mask_format = parse_mask_format(request.query_params.get("format"))
         min_score = parse_threshold(request.query_params.get("threshold"), settings.confidence_threshold)
-        if not self.ready:
-            raise RequestError(503, "the model is still loading (GET /health says when it is ready)")
+        self.check_ready()
         model, queue = self.model, self.queue
         queue.enter()  # while it is here, a batch may wait for this request or, once answered, its next one
         try:
@@ -191,14 +191,24 @@ class Service:
                 data, what = await run_in_threadpool(image_bytes_from_json, body), 'JSON field "image"'
             else:
                 data, what = body, "request body"
-            item = await self.off_the_loop(lambda: model.predictor.preprocess(image_of(data, what,
-                                                                                       settings.max_pixels)))
-            instances = await asyncio.wrap_future(queue.put(item))
+            instances = await self.detect(data, what)
             return await self.off_the_loop(lambda: json.dumps(prediction_payload(
                 instances, model.class_names, model.category_ids, self.model_info.version,
                 max(min_score, model.min_score), mask_format)).encode())
         finally:
             queue.leave()
+
+    def check_ready(self) -> None:
+        if not self.ready:
+            raise RequestError(503, "the model is still loading (GET /health says when it is ready)")
+
+    async def detect(self, data: bytes, what: str) -> Instances:
+        """The model's detections (all it kept) on the encoded image ``data``, batched with the other requests';
+        ``what`` names the image in a :class:`RequestError`. Callers hold the queue (``enter``/``leave``)."""
+        model = self.model
+        item = await self.off_the_loop(lambda: model.predictor.preprocess(image_of(data, what,
+                                                                                   self.settings.max_pixels)))
+        return await asyncio.wrap_future(self.queue.put(item))
 
 
 async def read_body(request: Request, max_bytes: int) -> bytes:
@@ -241,8 +251,8 @@ class GuardAndMeasure:
     ASGI: Starlette's ``BaseHTTPMiddleware`` costs a task and a stream per request, time taken from the model's
     thread for the interpreter lock."""
 
-    def __init__(self, app, service: Service):
-        self.app, self.service = app, service
+    def __init__(self, app, service: Service, routes: dict):
+        self.app, self.service, self.routes = app, service, routes
         self.expected = f"Bearer {service.settings.api_key}".encode()
 
     async def __call__(self, scope, receive, send) -> None:
@@ -262,7 +272,7 @@ class GuardAndMeasure:
                            {"WWW-Authenticate": "Bearer"})(scope, receive, send_and_note)
         else:
             await self.app(scope, receive, send_and_note)
-        known = route if route in ROUTES else "other"
+        known = route if route in self.routes else "other"
         self.service.metrics.requests.labels(known, str(status[0])).inc()
         self.service.metrics.latency.labels(known).observe(time.perf_counter() - tic)
 
@@ -304,11 +314,13 @@ ROUTES = {"/predict": (predict, "POST"), "/health": (health, "GET"), "/info": (i
 
 
 def create_app(load_model: Callable[[str], Model], devices: list[str], model_info: ModelInfo,
-               settings: ServeSettings | None = None) -> FastAPI:
+               settings: ServeSettings | None = None, routes: dict | None = None, title: str = "EmbedMask") -> FastAPI:
     """The service for the model ``load_model(device)`` gives, one worker per entry of ``devices`` (a device
     named twice holds two replicas); ``app.state.service`` is its :class:`Service`. The workers start loading
-    their models when the app starts (uvicorn's lifespan) and stop once the requests in flight are answered."""
+    their models when the app starts (uvicorn's lifespan) and stop once the requests in flight are answered.
+    ``routes`` (path -> (endpoint, method); default :data:`ROUTES`) is the protocol spoken over that service."""
     service = Service(load_model, devices, model_info, settings or ServeSettings())
+    routes = ROUTES if routes is None else routes
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -316,9 +328,9 @@ def create_app(load_model: Callable[[str], Model], devices: list[str], model_inf
         yield
         await run_in_threadpool(service.stop)
 
-    app = FastAPI(title="EmbedMask", version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title=title, version=__version__, lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.service = service
-    app.add_middleware(GuardAndMeasure, service=service)
-    for path, (endpoint, method) in ROUTES.items():
+    app.add_middleware(GuardAndMeasure, service=service, routes=routes)
+    for path, (endpoint, method) in routes.items():
         app.add_api_route(path, endpoint, methods=[method])
     return app
