@@ -107,7 +107,9 @@ async def predict(request: Request) -> Response:
 async def task_prediction(service: Service, backend: LabelStudioBackend, task, target: RegionTarget) -> dict:
     """One task's prediction; an empty one (and a line in the log) when its image cannot be had."""
     task_id = task.get("id") if isinstance(task, dict) else None
-    url = task.get("data", {}).get(target.data_key) if isinstance(task, dict) else None
+    data = task.get("data") if isinstance(task, dict) else None
+    # A file imported before the project had a label config is stored under Label Studio's "$undefined$" key.
+    url = data.get(target.data_key, data.get("$undefined$")) if isinstance(data, dict) else None
     if not isinstance(url, str) or not url:
         logger.warning("task %s: no image URL in data[%r]; left without a prediction", task_id, target.data_key)
         return {"result": [], "score": 0.0}
