@@ -23,6 +23,7 @@ from typing import Any, Sequence
 
 import cv2
 import numpy as np
+import torch
 
 from adet import training_api
 from adet.config import CfgNode, set_score_threshold
@@ -74,6 +75,13 @@ class Prediction:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def __getitem__(self, index) -> Prediction:
+        """The detections ``index`` selects (an int array, a bool array over the detections, or a slice), on the
+        same image: ``prediction[prediction.scores >= 0.7]``."""
+        if isinstance(index, np.ndarray):
+            index = torch.from_numpy(index)
+        return Prediction(self.instances[index], self.image, self._all_names, self._all_ids, self.source)
 
     def __repr__(self) -> str:
         return f"Prediction({len(self)} instances: {', '.join(self.class_names[:8])}{'...' if len(self) > 8 else ''})"

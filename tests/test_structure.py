@@ -22,7 +22,8 @@ MIN_REPEATED_LINES = 6
 DEFERRED_IMPORTS = {"onnx", "onnxruntime", "onnxruntime.quantization", "matplotlib", "matplotlib.pyplot",
                     "torch.utils.tensorboard", "faster_coco_eval", "torch.utils.cpp_extension", "huggingface_hub",
                     "wandb", "mlflow", "uvicorn", "adet.serve", "adet.integrations.label_studio.backend",
-                    "adet.integrations.label_studio.task_images", "cvat_sdk"}
+                    "adet.integrations.label_studio.task_images", "cvat_sdk", "gradio", "adet.demo.page",
+                    "adet.demo.space"}
 # Data tables (every key with its value) are not code: lines alike there are not repetitions.
 DATA_TABLES = {os.path.join("config", "defaults.py"), os.path.join("config", "compat.py")}
 
@@ -112,6 +113,7 @@ LAYERS = [
     ("api", "training_api"),
     ("serve",),                                   # the HTTP service: a model of the API behind FastAPI
     ("integrations",),                            # Label Studio's ML backend (on serve), CVAT's function
+    ("demo",),                                    # the web page (Gradio), standalone or on serve
     ("cli", "__main__", ""),                      # "": the package itself (its lazy attributes reach api)
 ]
 LAYER_OF = {package: level for level, packages in enumerate(LAYERS) for package in packages}

@@ -34,6 +34,7 @@ COMMANDS = {
     "convert": ("adet.cli.convert", "main", "convert a dataset between COCO, Ultralytics YOLO-seg and LabelMe"),
     "serve": ("adet.cli.serve", "main", "serve a model over HTTP (POST /predict) with dynamic batching"),
     "label-studio": ("adet.cli.label_studio", "main", "a Label Studio ML backend pre-labelling tasks with EmbedMask"),
+    "demo": ("adet.cli.demo", "main", "the model's web page: drop an image, see every mask (Gradio)"),
 }
 
 

@@ -54,6 +54,29 @@ def write_held_out_images(folder: str, count: int = 6, seed: int = 12345) -> lis
     return paths
 
 
+def trained_model(cfg, retrain: bool = False) -> dict | None:
+    """Trains ``cfg`` into CACHED_MODEL unless a model trained with these settings is there already (or
+    ``retrain``). Returns the training's last evaluation, or None when the cached model is reused."""
+    if not retrain and cached_model_matches(cfg, CACHED_MODEL):
+        setup_logger(cfg.OUTPUT_DIR)
+        print(f"Reusing {CACHED_MODEL} (pass --retrain to train again)")
+        return None
+    print(f"Training {CONFIG} on the synthetic shapes ({cfg.SOLVER.MAX_ITER} iterations)")
+    # A fresh run in a folder of an earlier one: the trainer moves that run's metrics and last_checkpoint aside
+    # and replaces its checkpoints; the folder may be the user's (``--output-dir .``) and is never emptied.
+    setup_logger(cfg.OUTPUT_DIR)
+    results = train(cfg)
+    os.makedirs(os.path.dirname(CACHED_MODEL), exist_ok=True)
+    shutil.copyfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), CACHED_MODEL)
+    return results
+
+
+def quickstart_model() -> str:
+    """The quickstart model's path (CACHED_MODEL), trained first if it is missing or out of date."""
+    trained_model(get_config(CONFIG))
+    return CACHED_MODEL
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
     parser = ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--retrain", action="store_true", help="train even if a cached model exists")
@@ -67,20 +90,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> dict:
 
     cfg = get_config(CONFIG)
     cfg.merge_from_list(args.opts + (["OUTPUT_DIR", args.output_dir] if args.output_dir else []))
-    if not args.retrain and cached_model_matches(cfg, CACHED_MODEL):
-        setup_logger(cfg.OUTPUT_DIR)
-        print(f"Reusing {CACHED_MODEL} (pass --retrain to train again)")
+    results = trained_model(cfg, args.retrain)
+    if results is None:  # the cached model: evaluate it as the training would have
         model = build_model(cfg)
         DetectionCheckpointer(model).load(CACHED_MODEL)
         results = evaluate_datasets(cfg, prepare_for_inference(model))
-    else:
-        print(f"Training {CONFIG} on the synthetic shapes ({cfg.SOLVER.MAX_ITER} iterations)")
-        # A fresh run in a folder of an earlier one: the trainer moves that run's metrics and last_checkpoint aside
-        # and replaces its checkpoints; the folder may be the user's (``--output-dir .``) and is never emptied.
-        setup_logger(cfg.OUTPUT_DIR)
-        results = train(cfg)
-        os.makedirs(os.path.dirname(CACHED_MODEL), exist_ok=True)
-        shutil.copyfile(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), CACHED_MODEL)
 
     held_out = os.path.join(datasets_root(), "synthetic", "held_out")
     write_held_out_images(held_out)
