@@ -41,15 +41,15 @@ def reference(files, tmp_path_factory):
     return by_name
 
 
-def start(command: list[str], env: dict, cwd: str, port: int) -> subprocess.Popen:
-    """A page server started by ``command``, once its page answers."""
+def start(command: list[str], env: dict, cwd: str, port: int, page: str = "/") -> subprocess.Popen:
+    """A page server started by ``command``, once its page (at ``page``) answers."""
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", **env))
     deadline = time.time() + 120
     while time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
         try:
-            if call("GET", f"http://127.0.0.1:{port}/")[0] == 200:
+            if call("GET", f"http://127.0.0.1:{port}{page}")[0] == 200:
                 return process
         except (urllib.error.URLError, ConnectionError):
             pass
@@ -83,7 +83,10 @@ def browser():
     driver_path = shutil.which("chromedriver")
     chromium = shutil.which("chromium")
     if driver_path is None or chromium is None:
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+        reason = "needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("EMBEDMASK_REQUIRE_BROWSER") == "1":
+            pytest.fail(reason)
+        pytest.skip(reason)
     options = webdriver.ChromeOptions()
     options.binary_location = chromium
     for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1200"):
@@ -174,3 +177,61 @@ def test_the_pages_api_gives_predicts_detections_and_one_line_errors(page, files
     with pytest.raises(gradio_client.exceptions.AppError) as error:
         client.predict(gradio_client.handle_file(str(text)), 0.5, api_name="/detect")
     assert str(error.value) == "notes.png: not a readable image (cannot identify image file 'notes.png')"
+
+
+def test_write_space_makes_a_space_that_runs_from_its_wheel(files, reference, tmp_path):
+    space = tmp_path / "space"
+    assert embedmask(["demo", "--weights", files["weights"], "--write-space", str(space)]) == 0
+    readme = (space / "README.md").read_text()
+    import gradio
+    front = readme.split("---")[1]
+    assert "sdk: gradio" in front and f"sdk_version: {gradio.__version__}" in front and "app_file: app.py" in front
+    wheel = (space / "requirements.txt").read_text().strip()
+    assert wheel.startswith("./embedmask-") and wheel.endswith(".whl") and (space / wheel).is_file()
+    app = (space / "app.py").read_text()
+    assert "launch()" in app and "7860" not in app and "127.0.0.1" not in app  # Spaces choose host and port
+    assert (space / "weights" / "tiny.pth").read_bytes() == open(files["weights"], "rb").read()
+    # The Space as Hugging Face runs it: app.py with this package from the wheel alone (not this checkout).
+    port = free_port()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    process = start([sys.executable, str(space / "app.py")], {"PYTHONPATH": str(space / wheel),
+                                                             "GRADIO_SERVER_PORT": str(port)}, str(elsewhere), port)
+    try:
+        client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False)
+        path = files["images"][2]
+        same_detections(client.predict(gradio_client.handle_file(path), api_name="/detect"),
+                        reference[os.path.basename(path)])
+    finally:
+        process.terminate()
+        log = process.communicate(timeout=30)[0]
+    assert "Traceback" not in log, log
+
+
+def test_the_page_on_the_server_goes_through_its_queue(files, reference):
+    port = free_port()
+    process = start([sys.executable, "-m", "adet", "serve", "--weights", files["weights"], "--device", "cpu",
+                     "--port", str(port), "--demo"], {"PYTHONPATH": ROOT}, ROOT, port, "/demo/")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        while call("GET", f"{url}/health")[0] != 200:
+            time.sleep(0.2)
+
+        def model_calls() -> float:
+            metrics = call("GET", f"{url}/metrics")[1].decode()
+            return float(next(line.split()[-1] for line in metrics.splitlines()
+                              if line.startswith("embedmask_batch_size_count")))
+
+        before = model_calls()
+        client = gradio_client.Client(f"{url}/demo/", verbose=False)
+        path = files["images"][3]
+        same_detections(client.predict(gradio_client.handle_file(path), api_name="/detect"),
+                        reference[os.path.basename(path)])
+        assert model_calls() == before + 1  # the page's image was a batch of the server's model
+        assert call("GET", f"{url}/health")[0] == 200
+    finally:
+        stopping = time.time()
+        process.terminate()  # with the client's heartbeat stream still open, as a browser tab holds one
+        log = process.communicate(timeout=60)[0]
+    assert time.time() - stopping < 10, "SIGTERM waited for the page's open stream"
+    assert "Traceback" not in log, log

@@ -23,7 +23,7 @@ DEFERRED_IMPORTS = {"onnx", "onnxruntime", "onnxruntime.quantization", "matplotl
                     "torch.utils.tensorboard", "faster_coco_eval", "torch.utils.cpp_extension", "huggingface_hub",
                     "wandb", "mlflow", "uvicorn", "adet.serve", "adet.integrations.label_studio.backend",
                     "adet.integrations.label_studio.task_images", "cvat_sdk", "gradio", "adet.demo.page",
-                    "adet.demo.space"}
+                    "adet.demo.space", "adet.demo.served"}
 # Data tables (every key with its value) are not code: lines alike there are not repetitions.
 DATA_TABLES = {os.path.join("config", "defaults.py"), os.path.join("config", "compat.py")}
 

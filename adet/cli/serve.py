@@ -11,6 +11,7 @@ python-multipart, prometheus-client).
 from __future__ import annotations
 
 import argparse
+import asyncio
 import importlib.util
 import logging
 import os
@@ -61,6 +62,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
                              "$EMBEDMASK_API_KEY; none)")
     parser.add_argument("--grace-period", type=float, default=30.0, metavar="S",
                         help="on SIGTERM, how long the requests in flight may take to finish (default 30)")
+    parser.add_argument("--demo", action="store_true",
+                        help="also serve the model's web page at /demo (embedmask demo's page, through this "
+                             "server's queue and batching; needs the demo extra)")
     return parser
 
 
@@ -109,6 +113,12 @@ def check_arguments(args: argparse.Namespace) -> None:
         raise PreflightError("--max-batch-size, --batch-timeout and --grace-period must not be negative")
     if not 0 < args.port < 65536:
         raise PreflightError(f"--port {args.port}: not a port number (1-65535)")
+    if getattr(args, "demo", False):
+        if importlib.util.find_spec("gradio") is None:
+            raise PreflightError("--demo needs gradio: pip install 'embedmask[demo]'")
+        if args.api_key:
+            raise PreflightError("--demo with --api-key: a browser sends no Authorization header, so the page could "
+                                 "not call the server; put the page behind your proxy's login instead")
 
 
 def parsed_arguments(parser: ArgumentParser, argv: list[str] | None, check) -> tuple[argparse.Namespace, list[str]]:
@@ -129,9 +139,26 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from adet.serve import ModelInfo, create_app
 
     app = create_app(load, devices, ModelInfo(version, config_name), serve_settings(args, devices))
+    if args.demo:
+        mount_demo_page(app, config_name)
     return run_app(app, args, f"serving {config_name} (model {version}) on http://{args.host}:{args.port} with "
                               f"{len(devices)} worker(s) on {', '.join(sorted(set(devices)))}; POST /predict, GET "
-                              "/health /info /metrics")
+                              "/health /info /metrics" + (", the web page at /demo" if args.demo else ""))
+
+
+def mount_demo_page(app, name: str) -> None:
+    """``embedmask demo``'s page at /demo, its detections through the app's service (one model, one port)."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page reports nothing to Gradio's servers
+    import gradio  # the demo extra, checked by check_arguments
+
+    from adet.demo.page import build_page  # gradio
+    from adet.demo.served import ServedDetector  # gradio
+
+    gradio.mount_gradio_app(app, build_page(ServedDetector(app.state.service, name)), path="/demo")
+    page_app = next(route.app for route in app.routes if getattr(route, "path", "") == "/demo")
+    # An open page holds a heartbeat stream that would keep a stopping server waiting for its whole grace period:
+    # Gradio ends those streams when its stop event is set, which its own launcher does and a mount does not.
+    app.state.on_exit = [page_app.stop_event.set]
 
 
 def serve_settings(args: argparse.Namespace, devices: list[str]):
@@ -155,6 +182,17 @@ def run_app(app, args: argparse.Namespace, banner: str) -> int:
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning",
                                            timeout_graceful_shutdown=args.grace_period, access_log=False))
     threading.Thread(target=stop_on_load_failure, args=(app.state.service, server), daemon=True).start()
+    on_exit = getattr(app.state, "on_exit", [])
+    if on_exit:  # run them in the event loop once uvicorn is told to stop (SIGTERM, Ctrl-C)
+        handle_exit = server.handle_exit
+
+        def handle_exit_and_notify(sig, frame) -> None:
+            handle_exit(sig, frame)
+            loop = asyncio.get_event_loop()
+            for callback in on_exit:
+                loop.call_soon_threadsafe(callback)
+
+        server.handle_exit = handle_exit_and_notify
     listening = listen(args.host, args.port)
     print(banner, flush=True)
     server.run(sockets=[listening])
