@@ -235,3 +235,30 @@ def test_the_page_on_the_server_goes_through_its_queue(files, reference):
         log = process.communicate(timeout=60)[0]
     assert time.time() - stopping < 10, "SIGTERM waited for the page's open stream"
     assert "Traceback" not in log, log
+
+
+def test_the_pages_tiles_and_augmentation_are_predicts(files, tmp_path):
+    import asyncio
+
+    import torch
+
+    import adet
+    from adet.config import CfgNode
+    from adet.demo.page import LocalDetector
+
+    # The tiny checkpoint with two augmentation scales in its config (the default nine take long on a CPU).
+    checkpoint = torch.load(files["weights"], weights_only=False)
+    cfg = CfgNode.load_cfg(checkpoint["config"])
+    cfg.TEST.AUG.MIN_SIZES, cfg.TEST.AUG.MAX_SIZE = (96, 160), 400
+    checkpoint["config"] = cfg.dump()
+    weights = str(tmp_path / "tiny_tta.pth")
+    torch.save(checkpoint, weights)
+    detector = LocalDetector([weights], device="cpu")
+    path = files["images"][0]
+    for (tile, overlap, augment), model in (
+            ((64, 0.25, False), adet.load(weights, device="cpu", slice=(64, 64), overlap=0.25)),
+            ((None, 0.0, True), adet.load(weights, device="cpu", overrides=["TEST.AUG.ENABLED", True]))):
+        page = asyncio.run(detector.detect(detector.names[0], path, tile, overlap, augment)).prediction
+        plain = asyncio.run(detector.detect(detector.names[0], path, None, 0.0, False)).prediction
+        assert page.to_json() != plain.to_json()  # the option changed the answer
+        same_detections(page.to_json(), model(path).to_json())

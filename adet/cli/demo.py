@@ -29,6 +29,9 @@ def build_parser(prog: str | None = None) -> ArgumentParser:
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: a GPU if there is one)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860, Gradio's)")
+    parser.add_argument("--examples", nargs="+", default=None, metavar="IMAGE",
+                        help="images offered as examples (default: synthetic shapes for the quickstart model, none "
+                             "for other weights)")
     parser.add_argument("--write-space", default="", metavar="DIR",
                         help="write a Hugging Face Space (app.py, requirements.txt, README.md, this package's "
                              "wheel, the weights unless hf://) into DIR instead of serving")
@@ -44,17 +47,21 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     for path in args.weights:
         if "://" not in path and not os.path.isfile(path):
             raise PreflightError(f"--weights {path}: no such file")
+    for path in args.examples or []:
+        if not os.path.isfile(path):
+            raise PreflightError(f"--examples {path}: no such file")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # the page reports nothing to Gradio's servers
     weights = args.weights or [quickstart_model()]  # trained first if missing (about 6 minutes on 2 CPU cores)
+    examples = args.examples if args.examples is not None else [] if args.weights else example_images()
     if args.write_space:
         from adet.demo.space import write_space  # gradio, checked above
 
-        for line in write_space(args.write_space, weights, args.config_file, example_images()):
+        for line in write_space(args.write_space, weights, args.config_file, examples):
             print(line)
         return 0
     from adet.demo.page import LocalDetector, build_page  # gradio, checked above
 
-    page = build_page(LocalDetector(weights, args.device, args.config_file), examples=example_images())
+    page = build_page(LocalDetector(weights, args.device, args.config_file), examples=examples)
     print(f"EmbedMask demo of {', '.join(weights)} on http://{args.host}:{args.port}", flush=True)
     page.queue().launch(server_name=args.host, server_port=args.port, show_error=True, quiet=True)
     return 0
