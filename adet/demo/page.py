@@ -248,8 +248,9 @@ def build_page(detector: Detector, examples: list[str] = (), title: str = "Embed
 
         inputs = [parts[k] for k in ("image", "model", "compare", "threshold", "classes", "sliced", "tile", "overlap",
                                      "augment")]
-        for k in ("image", "model", "compare", "sliced", "augment"):
-            parts[k].change(run, inputs, kept_detections + views, api_visibility="private")
+        for k in ("image", "model", "compare", "sliced", "augment"):  # "/page": what a new image runs (undocumented)
+            parts[k].change(run, inputs, kept_detections + views, api_name="page" if k == "image" else None,
+                            api_visibility="undocumented" if k == "image" else "private")
         for k in ("threshold", "classes"):
             parts[k].change(redraw, [*kept_detections, parts["threshold"], parts["classes"]], views,
                             api_visibility="private")
