@@ -23,7 +23,7 @@ from adet.integrations.label_studio.regions import brush_rle
 from adet.integrations.label_studio.task_images import TaskImageError, TaskImages
 
 from .conftest import ROOT
-from .test_serve import call, free_port, tiny_model_files
+from .test_serve import call, free_port, tiny_model_files, wait_until_up
 
 pytest.importorskip("fastapi")
 
@@ -178,18 +178,8 @@ def start_backend(weights: str, env: dict, *options: str) -> tuple[subprocess.Po
          *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1", **env))
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            status, body = call("GET", f"{url}/health")
-            if status == 200 and json.loads(body)["status"] == "UP":
-                return process, url
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError(f"the backend did not become healthy: {process.stdout.read()}")
+    wait_until_up(process, f"{url}/health", lambda status, body: status == 200 and json.loads(body)["status"] == "UP")
+    return process, url
 
 
 def post_json(url: str, document: dict) -> tuple[int, dict | str]:

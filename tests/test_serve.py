@@ -90,17 +90,24 @@ def start_server(weights: str, *options: str) -> tuple[subprocess.Popen, str]:
          *options], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS="1"))
     url = f"http://127.0.0.1:{port}"
+    wait_until_up(process, f"{url}/health")
+    return process, url
+
+
+def wait_until_up(process: subprocess.Popen, url: str, up=lambda status, body: status == 200) -> None:
+    """Polls ``url`` until ``up(status, body)`` (a 200 by default), for two minutes at most; the process's output
+    in the failure if it exits or never gets there."""
     deadline = time.time() + 120
     while time.time() < deadline:
         assert process.poll() is None, process.stdout.read()
         try:
-            if call("GET", f"{url}/health")[0] == 200:
-                return process, url
+            if up(*call("GET", url)):
+                return
         except (urllib.error.URLError, ConnectionError):
             pass
         time.sleep(0.2)
     process.kill()
-    raise AssertionError(f"the server did not become healthy: {process.stdout.read()}")
+    raise AssertionError(f"{url} did not come up: {process.communicate()[0]}")
 
 
 def stop(process: subprocess.Popen) -> None:

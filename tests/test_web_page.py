@@ -9,14 +9,13 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.error
 
 import pytest
 
 from adet.cli import main as embedmask
 
 from .conftest import ROOT
-from .test_serve import call, free_port, tiny_model_files
+from .test_serve import assert_same_detections, call, free_port, tiny_model_files, wait_until_up
 
 gradio_client = pytest.importorskip("gradio_client")
 pytestmark = pytest.mark.slow
@@ -45,17 +44,8 @@ def start(command: list[str], env: dict, cwd: str, port: int, page: str = "/") -
     """A page server started by ``command``, once its page (at ``page``) answers."""
     process = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                env=dict(os.environ, OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False", **env))
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        assert process.poll() is None, process.stdout.read()
-        try:
-            if call("GET", f"http://127.0.0.1:{port}{page}")[0] == 200:
-                return process
-        except (urllib.error.URLError, ConnectionError):
-            pass
-        time.sleep(0.3)
-    process.kill()
-    raise AssertionError(f"the page did not come up: {process.communicate()[0]}")
+    wait_until_up(process, f"http://127.0.0.1:{port}{page}")
+    return process
 
 
 @pytest.fixture(scope="module")
@@ -79,15 +69,6 @@ def page(files, second_weights):
     yield f"http://127.0.0.1:{port}"
     process.terminate()
     process.communicate(timeout=30)
-
-
-def same_detections(got: list[dict], want: list[dict]) -> None:
-    assert len(got) == len(want) > 0
-    for a, b in zip(got, want):
-        assert (a["category_id"], a["category_name"]) == (b["category_id"], b["category_name"])
-        assert a["score"] == pytest.approx(b["score"], abs=1e-6)
-        assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-3)
-        assert a["segmentation"] == b["segmentation"]
 
 
 def browser():
@@ -179,11 +160,11 @@ def test_the_pages_api_gives_predicts_detections_and_one_line_errors(page, files
     for path in files["images"][:2]:
         want = reference[os.path.basename(path)]
         got = client.predict(gradio_client.handle_file(path), api_name="/detect")  # threshold 0.5, first model
-        same_detections(got, want)
+        assert_same_detections(got, want)
         # predict --confidence-threshold T keeps the detections scoring at least T: so does the API.
         higher = [w for w in want if w["score"] >= 0.75]
         assert 0 < len(higher) < len(want)
-        same_detections(client.predict(gradio_client.handle_file(path), 0.75, "tiny.pth", api_name="/detect"),
+        assert_same_detections(client.predict(gradio_client.handle_file(path), 0.75, "tiny.pth", api_name="/detect"),
                         higher)
     text = tmp_path / "notes.png"
     text.write_text("not an image")
@@ -204,7 +185,7 @@ def test_the_page_compares_two_checkpoints_and_filters_classes(page, files, refe
                              False, 640, 0.2, False, api_name="/page")
     overlay, rows, timing, png, coco, overlay_2, rows_2, timing_2 = outputs
     with open(coco) as f:
-        same_detections(json.load(f), want)  # the COCO JSON download is predict --json's
+        assert_same_detections(json.load(f), want)  # the COCO JSON download is predict --json's
     assert [row[1] for row in rows["data"]] == [w["category_name"] for w in want]
     assert len(overlay["value"]["annotations"]) == len(want) and "tiny.pth" in timing and "model" in timing
     import cv2
@@ -243,7 +224,7 @@ def test_write_space_makes_a_space_that_runs_from_its_wheel(files, reference, tm
     try:
         client = gradio_client.Client(f"http://127.0.0.1:{port}", verbose=False)
         path = files["images"][2]
-        same_detections(client.predict(gradio_client.handle_file(path), api_name="/detect"),
+        assert_same_detections(client.predict(gradio_client.handle_file(path), api_name="/detect"),
                         reference[os.path.basename(path)])
     finally:
         process.terminate()
@@ -268,7 +249,7 @@ def test_the_page_on_the_server_goes_through_its_queue(files, reference):
         before = model_calls()
         client = gradio_client.Client(f"{url}/demo/", verbose=False)
         path = files["images"][3]
-        same_detections(client.predict(gradio_client.handle_file(path), api_name="/detect"),
+        assert_same_detections(client.predict(gradio_client.handle_file(path), api_name="/detect"),
                         reference[os.path.basename(path)])
         assert model_calls() == before + 1  # the page's image was a batch of the server's model
         assert call("GET", f"{url}/health")[0] == 200
@@ -304,4 +285,4 @@ def test_the_pages_tiles_and_augmentation_are_predicts(files, tmp_path):
         page = asyncio.run(detector.detect(detector.names[0], path, tile, overlap, augment)).prediction
         plain = asyncio.run(detector.detect(detector.names[0], path, None, 0.0, False)).prediction
         assert page.to_json() != plain.to_json()  # the option changed the answer
-        same_detections(page.to_json(), model(path).to_json())
+        assert_same_detections(page.to_json(), model(path).to_json())
