@@ -210,7 +210,8 @@ def test_write_space_makes_a_space_that_runs_from_its_wheel(files, reference, tm
     import gradio
     front = readme.split("---")[1]
     assert "sdk: gradio" in front and f"sdk_version: {gradio.__version__}" in front and "app_file: app.py" in front
-    wheel = (space / "requirements.txt").read_text().strip()
+    index, wheel = (space / "requirements.txt").read_text().split()[-2:]
+    assert index == "https://download.pytorch.org/whl/cpu"  # the Space's PyTorch: CPU wheels
     assert wheel.startswith("./embedmask-") and wheel.endswith(".whl") and (space / wheel).is_file()
     app = (space / "app.py").read_text()
     assert "launch()" in app and "7860" not in app and "127.0.0.1" not in app  # Spaces choose host and port

@@ -115,7 +115,8 @@ def write_space(folder: str, weights: list[str], config: str | None = None, exam
     with open(os.path.join(folder, "app.py"), "w") as f:
         f.write(APP.format(weights=written, examples=example_names))
     with open(os.path.join(folder, "requirements.txt"), "w") as f:
-        f.write(f"./{wheel}{extras}\n")
+        # The app runs on the CPU (a free Space): PyTorch's CPU wheels, not the default CUDA ones (gigabytes).
+        f.write(f"--extra-index-url https://download.pytorch.org/whl/cpu\n./{wheel}{extras}\n")
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write(README.format(gradio_version=gradio.__version__, weights=", ".join(written), folder=folder))
     with open(os.path.join(folder, ".gitattributes"), "w") as f:
