@@ -287,3 +287,15 @@ def test_the_pages_tiles_and_augmentation_are_predicts(files, tmp_path):
         plain = asyncio.run(detector.detect(detector.names[0], path, None, 0.0, False)).prediction
         assert page.to_json() != plain.to_json()  # the option changed the answer
         assert_same_detections(page.to_json(), model(path).to_json())
+
+
+def test_demo_command_errors_are_one_line(files, capsys):
+    for argv, words in (
+            (["demo", "--weights", "no/such.pth"], "--weights no/such.pth: no such file"),
+            (["demo", "--weights", files["weights"], "--examples", "no/such.png"],
+             "--examples no/such.png: no such file"),
+            (["demo", "--weights", files["weights"], "--port", "0"], "--port 0: not a port number"),
+            (["serve", "--weights", files["weights"], "--demo", "--api-key", "k"], "--demo with --api-key")):
+        assert embedmask(argv) != 0
+        err = capsys.readouterr().err.strip()
+        assert words in err and "\n" not in err and "Traceback" not in err, (argv, err)
