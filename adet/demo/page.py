@@ -43,6 +43,8 @@ class Detections:
     prediction: Prediction
     image_name: str  # the uploaded file's name: the COCO JSON's image_id is derived from it as predict does
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # Where this answer's downloads are written, again at each redraw (one folder per image and model).
+    folder: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="embedmask-demo-"))
 
 
 class Detector:
@@ -100,15 +102,11 @@ class LocalDetector(Detector):
         start = time.perf_counter()
         image = read_image(path, "BGR")
         read = time.perf_counter()
-        inputs = model.predictor.preprocess(image)
-        prepared = time.perf_counter()
-        instances = model.predictor.predict_batch([inputs])[0].to("cpu")
-        if model.min_score > 0:
-            instances = instances[instances.scores >= model.min_score]
+        prediction = model.predict(image)
+        prediction.source = path  # predict --json's image_id comes from the file's name
         done = time.perf_counter()
-        prediction = Prediction(instances, image, model.class_names, model.category_ids, path)
         return Detections(name, prediction, os.path.basename(path), {
-            "read": (read - start) * 1e3, "preprocess": (prepared - read) * 1e3, "model": (done - prepared) * 1e3})
+            "read": (read - start) * 1e3, "model (with preprocessing)": (done - read) * 1e3})
 
 
 def kept(prediction: Prediction, threshold: float, classes: list[str] | None) -> np.ndarray:
@@ -140,20 +138,19 @@ def overlay(detections: Detections, keep: np.ndarray) -> gr.AnnotatedImage:
 def table(detections: Detections, keep: np.ndarray) -> list[list]:
     """A row per kept detection: its number, class, score, box (x, y, width, height in pixels) and mask area."""
     prediction = detections.prediction
-    names, areas = prediction.class_names, prediction.masks.reshape(len(prediction), -1).sum(1)
+    names, areas = prediction.class_names, prediction.masks[keep].sum(axis=(1, 2))
     rows = []
-    for k in keep.tolist():
+    for k, area in zip(keep.tolist(), areas.tolist()):
         x1, y1, x2, y2 = prediction.boxes[k].tolist()
         rows.append([k + 1, names[k], round(float(prediction.scores[k]), 3), round(x1, 1), round(y1, 1),
-                     round(x2 - x1, 1), round(y2 - y1, 1), int(areas[k])])
+                     round(x2 - x1, 1), round(y2 - y1, 1), int(area)])
     return rows
 
 
 def downloads(detections: Detections, keep: np.ndarray) -> tuple[str, str]:
     """The overlay PNG (as ``embedmask predict`` draws it) and the COCO JSON (as ``predict --json`` writes it) of the
-    kept detections, in a new temporary folder."""
-    shown = detections.prediction[keep]
-    folder = tempfile.mkdtemp(prefix="embedmask-demo-")
+    kept detections, in the answer's folder."""
+    shown, folder = detections.prediction[keep], detections.folder
     stem = os.path.splitext(detections.image_name)[0] or "image"
     png = shown.save(os.path.join(folder, f"{stem}_{detections.model}_overlay.png".replace(os.sep, "_")))
     coco = os.path.join(folder, f"{stem}_{detections.model}.json".replace(os.sep, "_"))

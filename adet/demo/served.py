@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from pathlib import Path
 
 from adet.api import Prediction
 from adet.data.image_io import read_image
@@ -31,7 +32,7 @@ class ServedDetector(Detector):
     async def detect(self, name: str, path: str, tile: int | None, overlap: float, augment: bool) -> Detections:
         service = self.service
         start = time.perf_counter()
-        data = await asyncio.to_thread(_read_bytes, path)
+        data = await asyncio.to_thread(Path(path).read_bytes)
         try:
             service.check_ready()
             service.queue.enter()
@@ -48,7 +49,3 @@ class ServedDetector(Detector):
         return Detections(name, prediction, os.path.basename(path),
                           {"server (queue, batch, model)": (detected - start) * 1e3})
 
-
-def _read_bytes(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
